@@ -191,10 +191,9 @@ def _msg(source: str | None, key: str, expected: str, found: Any) -> str:
     return f"{prefix}key '{key}': expected {expected}, found {found}"
 
 
-def _describe(a: Any) -> str:
-    if isinstance(a, np.ndarray):
-        return f"{a.dtype} array of shape {a.shape}"
-    return type(a).__name__
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``np.unravel_index`` as plain ints (readable in messages)."""
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
 
 
 def _require_array(a: Any, key: str, source: str | None) -> np.ndarray:
@@ -213,7 +212,7 @@ def _require_complex(a: np.ndarray, key: str, source: str | None) -> None:
 def _require_finite(a: np.ndarray, key: str, source: str | None) -> None:
     finite = np.isfinite(a)
     if not finite.all():
-        bad = np.unravel_index(int(np.argmin(finite)), a.shape)
+        bad = _unravel(int(np.argmin(finite)), a.shape)
         n_bad = int(a.size - np.count_nonzero(finite))
         raise DatasetError(
             _msg(source, key, "finite values", f"{n_bad} NaN/Inf (first at index {bad}: {a[bad]})")
@@ -268,7 +267,7 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
         raise DatasetError(_msg(source, "diffraction", "patterns of side N >= 1", f"N={N}"))
     _require_finite(d, "diffraction", source)
     if n and float(d.min()) < 0:
-        idx = np.unravel_index(int(np.argmin(d)), d.shape)
+        idx = _unravel(int(np.argmin(d)), d.shape)
         raise DatasetError(
             _msg(source, "diffraction", "amplitude >= 0", f"negative value {d[idx]} at index {idx}")
         )
@@ -361,7 +360,7 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
             )
         bad = (g < 0) | (g >= n)
         if bad.any():
-            idx = np.unravel_index(int(np.argmax(bad)), g.shape)
+            idx = _unravel(int(np.argmax(bad)), g.shape)
             raise DatasetError(
                 _msg(source, "groups", f"indices in [0, {n})", f"{g[idx]} at index {idx}")
             )

@@ -750,3 +750,60 @@ def dataset_bytes_npz(ds: PtychoDataset) -> bytes:
     buf = io.BytesIO()
     _write_npz_members(buf, arrays)
     return buf.getvalue()
+
+
+_ARRAY_KEYS = {
+    "probe": (("probeGuess", "probe"), ("/entry_1/instrument_1/source_1/probe",
+                                         "/entry_1/instrument_1/probe")),
+    "object": (("objectGuess", "object"), ("/entry_1/ptychobench/objectGuess",
+                                           "/entry_1/sample_1/object")),
+}
+
+
+def _load_complex_2d(path: str | os.PathLike[str], what: str) -> np.ndarray:
+    p = Path(path)
+    ext = _suffix(p)
+    _check_exists(p)
+    npz_keys, cxi_keys = _ARRAY_KEYS[what]
+    arr = None
+    try:
+        if ext == ".npz":
+            with np.load(p, allow_pickle=False) as f:
+                for key in npz_keys:
+                    if key in f.files:
+                        arr = f[key]
+                        break
+        else:
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                for key in cxi_keys:
+                    if key in f:
+                        arr = f[key][()]
+                        break
+    except ValueError as exc:
+        raise DatasetError(f"{p}: cannot read a {what} without pickle ({exc})") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{p}: not a readable {ext} file ({exc})") from None
+    keys = npz_keys if ext == ".npz" else cxi_keys
+    if arr is None:
+        raise DatasetError(f"{p}: missing {what}: expected one of the keys {list(keys)}, found none")
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim != 2 or not np.iscomplexobj(arr):
+        raise DatasetError(
+            f"{p}: key {keys[0]!r}: expected a 2-D complex {what}, found shape {arr.shape} "
+            f"dtype {arr.dtype}"
+        )
+    if not np.isfinite(arr).all():
+        raise DatasetError(f"{p}: key {keys[0]!r}: expected finite values, found NaN/Inf")
+    return arr.astype(np.complex64)
+
+
+def load_probe(path: str | os.PathLike[str]) -> np.ndarray:
+    """(N, N) complex64 probe from an NPZ (``probeGuess`` or ``probe``) or a CXI file."""
+    return _load_complex_2d(path, "probe")
+
+
+def load_object(path: str | os.PathLike[str]) -> np.ndarray:
+    """(H, W) complex64 object from an NPZ (``objectGuess`` or ``object``) or a CXI file."""
+    return _load_complex_2d(path, "object")

@@ -1,0 +1,295 @@
+"""The ``ptychobench`` command line: a thin typer layer over the Python API (SPEC §9).
+
+Errors print one line on stderr (what, where, expected vs found) and exit with status 2; ``--debug``
+shows the traceback instead. Outputs are written atomically, so a failed command leaves no file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="ptychobench",
+    help="Which ptychographic reconstruction method works best at which dose and overlap.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STATE: dict[str, Any] = {"debug": False}
+log = logging.getLogger("ptychobench")
+
+
+class CLIError(Exception):
+    """An error to report on one line."""
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "config"
+            found = err.get("input")
+            found_s = "" if isinstance(found, dict) else f" (found {found!r})"
+            parts.append(f"{loc}: {err['msg']}{found_s}")
+        return "invalid settings: " + "; ".join(parts)
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc.filename or exc}"
+    msg = str(exc).strip().replace("\n", " ")
+    return msg or type(exc).__name__
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``; turn expected failures into one line on stderr and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except (ValueError, OSError, KeyError, CLIError) as exc:
+        if _STATE["debug"]:
+            raise
+        typer.echo(f"error: {_one_line(exc)}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+# --------------------------------------------------------------------------------------- simulate
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Output dataset (.npz or .cxi).")],
+    n: Annotated[int, typer.Option("--n", help="Diffraction pattern side N (px).")] = 64,
+    object: Annotated[
+        str, typer.Option("--object", help="lines | grf | image:A+B | FILE (.npz/.cxi).")
+    ] = "image:camera+astronaut",
+    object_size: Annotated[int, typer.Option("--object-size", help="Object side (px).")] = 256,
+    a_min: Annotated[float, typer.Option("--a-min", help="Minimum object amplitude.")] = 0.5,
+    phi_max: Annotated[float, typer.Option("--phi-max", help="Phase range ±phi_max (rad).")] = (
+        1.5707963267948966
+    ),
+    probe: Annotated[str, typer.Option("--probe", help="fly64 | gaussian | disk | FILE.")] = "fly64",
+    scan: Annotated[str, typer.Option("--scan", help="random | raster | fermat.")] = "raster",
+    step_px: Annotated[
+        float | None, typer.Option("--step-px", help="Scan step (px); excludes --overlap.")
+    ] = None,
+    overlap: Annotated[
+        float | None,
+        typer.Option("--overlap", help="Target linear overlap with the probe diameter [default 0.7]."),
+    ] = None,
+    n_positions: Annotated[
+        int | None, typer.Option("--n-positions", help="Number of scan positions.")
+    ] = None,
+    jitter_px: Annotated[float, typer.Option("--jitter-px", help="Raster jitter (± px).")] = 0.0,
+    dose: Annotated[float, typer.Option("--dose", help="Photons per pattern (mean).")] = 1e4,
+    noiseless: Annotated[bool, typer.Option("--noiseless", help="No Poisson noise.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of object and scan.")] = 0,
+    noise_seed: Annotated[
+        int | None, typer.Option("--noise-seed", help="Seed of the Poisson draw [default seed+1].")
+    ] = None,
+) -> None:
+    """Simulate a dataset with ground truth (objectGuess and Y).
+
+    Example: ptychobench simulate --out d.npz --object image:camera+moon --probe fly64 --dose 1000
+    """
+
+    def go():
+        from ptychobench.data.io import save
+        from ptychobench.simulate import SimulationConfig
+        from ptychobench.simulate import simulate as run_simulation
+
+        cfg = SimulationConfig(
+            N=n, object=object, object_size=object_size, a_min=a_min, phi_max=phi_max,
+            probe=probe, scan=scan, step_px=step_px, overlap=overlap, n_positions=n_positions,
+            jitter_px=jitter_px, dose=dose, noise="none" if noiseless else "poisson", seed=seed,
+            noise_seed=noise_seed,
+        )
+        _check_writable_suffix(out)
+        ds = run_simulation(cfg)
+        save(ds, out)
+        m = ds.metadata
+        typer.echo(
+            f"wrote {out}: {ds.n} patterns, N={ds.N}, dose {m['dose']:g}, "
+            f"realised {m['realised_mean_photons']:.1f} photons/pattern"
+        )
+
+    _run(go)
+
+
+def _check_writable_suffix(path: Path) -> None:
+    if path.suffix.lower() not in (".npz", ".cxi"):
+        raise CLIError(f"{path}: expected an output file ending in .npz or .cxi, found "
+                       f"{path.suffix or 'no extension'!r}")
+    if path.exists() and path.is_dir():
+        raise CLIError(f"{path}: expected a file path, found a directory")
+
+
+# ---------------------------------------------------------------------------------------- inspect
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Dataset (.npz or .cxi).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    png: Annotated[Path | None, typer.Option("--png", help="Write a summary figure.")] = None,
+    counts: Annotated[
+        bool, typer.Option("--counts", help="Diffraction holds counts: take sqrt on load.")
+    ] = False,
+) -> None:
+    """Validate a dataset and summarise it (n, N, dose, photons, coords, overlap metrics).
+
+    Example: ptychobench inspect d.npz --json --png d.png
+    """
+
+    def go():
+        from ptychobench.data.io import load
+        from ptychobench.inspect import summarize, write_figure
+
+        ds = load(path, counts=counts)
+        summary = summarize(ds)
+        summary["file"] = str(path)
+        if png is not None:
+            write_figure(ds, png)
+            summary["png"] = str(png)
+        if json_out:
+            typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        else:
+            for key, value in summary.items():
+                typer.echo(f"{key:>24}: {value}")
+
+    _run(go)
+
+
+# ------------------------------------------------------------------------------------------ split
+@app.command()
+def split(
+    path: Annotated[Path, typer.Argument(help="Dataset to split.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory for the two halves.")],
+    axis: Annotated[str, typer.Option("--axis", help="Coordinate to split along (x or y).")] = "y",
+    fraction: Annotated[
+        float, typer.Option("--fraction", help="Split point as a fraction of the range.")
+    ] = 0.5,
+) -> None:
+    """Spatial train/test split: train below the split point, test at or above.
+
+    Example: ptychobench split d.npz --out-dir splits --axis y --fraction 0.5
+    """
+
+    def go():
+        from ptychobench.data.io import load, save
+        from ptychobench.data.split import split as run_split
+
+        ds = load(path)
+        train, test = run_split(ds, axis=axis, fraction=fraction)
+        suffix = path.suffix if path.suffix in (".npz", ".cxi") else ".npz"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_train = out_dir / f"{path.stem}_train{suffix}"
+        out_test = out_dir / f"{path.stem}_test{suffix}"
+        save(train, out_train)
+        try:
+            save(test, out_test)
+        except BaseException:
+            out_train.unlink(missing_ok=True)
+            raise
+        typer.echo(f"wrote {out_train} ({train.n} patterns) and {out_test} ({test.n} patterns)")
+
+    _run(go)
+
+
+# ------------------------------------------------------------------------------------------- view
+@app.command()
+def view(
+    path: Annotated[Path, typer.Argument(help="Dataset (usually one split).")],
+    out: Annotated[Path, typer.Option("--out", help="Output view dataset (.npz).")],
+    gridsize: Annotated[int, typer.Option("--gridsize", help="1 (single patterns) or 2 (groups of 4).")],
+    s_img: Annotated[float, typer.Option("--s-img", help="Fraction of positions kept (0, 1].")] = 1.0,
+    n_groups: Annotated[
+        int | None, typer.Option("--n-groups", help="Number of groups [default: one per position].")
+    ] = None,
+    neighbor_count: Annotated[
+        int, typer.Option("--neighbor-count", help="K nearest neighbours to draw group members from.")
+    ] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of subsampling and grouping.")] = 0,
+) -> None:
+    """Subsample, group and measure overlap; writes OUT and OUT.overlap.json.
+
+    Example: ptychobench view d_train.npz --out dense.npz --gridsize 2 --neighbor-count 7
+    """
+
+    def go():
+        from ptychobench.data.grouping import make_view
+        from ptychobench.data.io import load, save
+        from ptychobench.data.overlap import overlap_report, write_overlap_json
+        from ptychobench.physics.probes import probe_info
+
+        _check_writable_suffix(out)
+        ds = load(path)
+        v = make_view(ds, gridsize=gridsize, s_img=s_img, n_groups=n_groups,
+                      neighbor_count=neighbor_count, seed=seed)
+        D = probe_info(v.probeGuess).effective_diameter_px
+        report = overlap_report(v, D, neighbor_count=neighbor_count)
+        overlap_path = out.with_name(out.name + ".overlap.json")
+        save(v, out)
+        try:
+            write_overlap_json(report, overlap_path)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        typer.echo(f"wrote {out} ({v.n} patterns, {len(v.groups)} groups) and {overlap_path}")
+
+    _run(go)
+
+
+# ---------------------------------------------------------------------------------------- convert
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Input (.npz or .cxi).")],
+    dst: Annotated[Path, typer.Argument(help="Output (.npz or .cxi).")],
+    counts: Annotated[
+        bool, typer.Option("--counts", help="Input diffraction holds counts: take sqrt.")
+    ] = False,
+) -> None:
+    """Convert between NPZ and CXI (by extension).
+
+    Example: ptychobench convert d.npz d.cxi
+    """
+
+    def go():
+        from ptychobench.data.io import add_parent, load, save
+
+        _check_writable_suffix(dst)
+        ds = load(src, counts=counts)
+        add_parent(ds.metadata, src)
+        ds.metadata.setdefault("transformations", []).append(
+            {"op": "convert", "from": src.suffix.lstrip("."), "to": dst.suffix.lstrip(".")}
+        )
+        save(ds, dst)
+        typer.echo(f"wrote {dst} ({ds.n} patterns)")
+
+    _run(go)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

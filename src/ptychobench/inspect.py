@@ -1,0 +1,100 @@
+"""Dataset summary and figure (``ptychobench inspect``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychobench.data.dataset import PtychoDataset
+
+__all__ = ["summarize", "write_figure"]
+
+
+def summarize(ds: PtychoDataset, neighbor_count: int = 4) -> dict[str, Any]:
+    """JSON-ready summary: sizes, dose and realised photons, coordinate ranges, probe, overlap."""
+    from ptychobench.data.overlap import overlap_report
+    from ptychobench.physics.probes import probe_info
+
+    photons = np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1))
+    info = probe_info(ds.probeGuess)
+    meta = ds.metadata
+    summary: dict[str, Any] = {
+        "n": ds.n,
+        "N": ds.N,
+        "dose": meta.get("dose"),
+        "realised_mean_photons": float(photons.mean()),
+        "photons_std": float(photons.std()),
+        "x_range": [float(ds.xcoords.min()), float(ds.xcoords.max())],
+        "y_range": [float(ds.ycoords.min()), float(ds.ycoords.max())],
+        "x_mean": float(ds.xcoords.mean()),
+        "y_mean": float(ds.ycoords.mean()),
+        "object_shape": None if ds.objectGuess is None else list(ds.objectGuess.shape),
+        "has_Y": ds.Y is not None,
+        "probe_fwhm_px": info.fwhm_px,
+        "probe_effective_diameter_px": info.effective_diameter_px,
+        "groups": None if ds.groups is None else list(ds.groups.shape),
+        "transformations": [t.get("op", "?") for t in meta.get("transformations", [])],
+    }
+    summary["overlap"] = overlap_report(ds, info.effective_diameter_px, neighbor_count=neighbor_count)
+    return summary
+
+
+def write_figure(ds: PtychoDataset, path: str | os.PathLike, n_patterns: int = 3) -> None:
+    """PNG: object amplitude and phase with scan positions, probe, a few patterns (log scale).
+
+    Written atomically (temporary file in the same directory, then renamed).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    ncols = 2 + 2 + n_patterns
+    fig, axes = plt.subplots(1, ncols, figsize=(3.2 * ncols, 3.4), constrained_layout=True)
+    if ds.objectGuess is not None:
+        amp = np.abs(ds.objectGuess)
+        phase = np.angle(ds.objectGuess)
+        for ax, img, title, cmap in (
+            (axes[0], amp, "object amplitude", "gray"),
+            (axes[1], phase, "object phase (rad)", "twilight"),
+        ):
+            im = ax.imshow(img, cmap=cmap)
+            ax.plot(ds.xcoords, ds.ycoords, ".", ms=1.5, color="tab:orange")
+            ax.set_title(title)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    else:
+        for ax in axes[:2]:
+            ax.plot(ds.xcoords, ds.ycoords, ".", ms=1.5)
+            ax.invert_yaxis()
+            ax.set_aspect("equal")
+            ax.set_title("scan positions (no object)")
+    im = axes[2].imshow(np.abs(ds.probeGuess), cmap="magma")
+    axes[2].set_title("probe amplitude")
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    im = axes[3].imshow(np.angle(ds.probeGuess), cmap="twilight")
+    axes[3].set_title("probe phase (rad)")
+    fig.colorbar(im, ax=axes[3], shrink=0.8)
+    picks = np.linspace(0, ds.n - 1, n_patterns).round().astype(int)
+    for ax, i in zip(axes[4:], picks, strict=False):
+        im = ax.imshow(np.log10(1 + np.square(ds.diffraction[i], dtype=np.float64)), cmap="viridis")
+        ax.set_title(f"pattern {i}: log10(1+counts)")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)

@@ -1,0 +1,263 @@
+"""CLI: happy paths, determinism, and one clear error (no partial output) for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ptychobench.cli import app
+
+runner = CliRunner()
+
+SMALL = ["--n", "32", "--object-size", "96", "--object", "grf", "--scan", "raster",
+         "--step-px", "8"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def base_arrays(n=6, N=16, H=40, W=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "diffraction": rng.random((n, N, N)).astype(np.float32),
+        "probeGuess": (rng.random((N, N)) + 1j * rng.random((N, N))).astype(np.complex64),
+        "xcoords": rng.uniform(N / 2, W - N / 2, n),
+        "ycoords": rng.uniform(N / 2, H - N / 2, n),
+        "objectGuess": np.exp(1j * rng.random((H, W))).astype(np.complex64),
+        "metadata": np.array(json.dumps({"schema_version": 1})),
+    }
+
+
+def write_raw(path: Path, arrays: dict) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def dir_listing(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "d.npz"
+    r = invoke("simulate", "--out", out, *SMALL, "--dose", "1000", "--seed", "3")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_simulate_is_byte_identical_and_seed_changes_noise(tmp_path):
+    a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    for path, noise_seed in ((a, "1"), (b, "1"), (c, "2")):
+        r = invoke("simulate", "--out", path, *SMALL, "--seed", "5", "--noise-seed", noise_seed)
+        assert r.exit_code == 0, r.output
+    assert a.read_bytes() == b.read_bytes()
+    with np.load(a, allow_pickle=False) as fa, np.load(c, allow_pickle=False) as fc:
+        assert np.array_equal(fa["objectGuess"], fc["objectGuess"])  # same object and scan
+        assert np.array_equal(fa["xcoords"], fc["xcoords"])
+        assert not np.array_equal(fa["diffraction"], fc["diffraction"])  # different noise
+
+
+def test_inspect_json_reports_realised_photons(small_dataset, tmp_path):
+    png = tmp_path / "fig.png"
+    r = invoke("inspect", small_dataset, "--json", "--png", png)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["dose"] == 1000
+    assert abs(s["realised_mean_photons"] / 1000 - 1) < 0.03
+    assert s["N"] == 32 and s["n"] > 10
+    assert 0 < s["overlap"]["metric_2_neighbors"] <= 1
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_split_then_view_and_convert(small_dataset, tmp_path):
+    r = invoke("split", small_dataset, "--out-dir", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    train, test = tmp_path / "s" / "d_train.npz", tmp_path / "s" / "d_test.npz"
+    with np.load(small_dataset) as f, np.load(train) as ft, np.load(test) as fs:
+        assert len(ft["xcoords"]) + len(fs["xcoords"]) == len(f["xcoords"])
+        assert ft["ycoords"].max() < fs["ycoords"].min()
+    v = tmp_path / "v.npz"
+    r = invoke("view", train, "--out", v, "--gridsize", "2", "--neighbor-count", "6")
+    assert r.exit_code == 0, r.output
+    with np.load(v) as fv:
+        assert fv["groups"].shape[1] == 4
+    ov = json.loads((tmp_path / "v.npz.overlap.json").read_text())
+    assert ov["gridsize"] == 2 and ov["metric_1_group"] is not None
+    cxi = tmp_path / "v.cxi"
+    assert invoke("convert", v, cxi).exit_code == 0
+    back = tmp_path / "back.npz"
+    assert invoke("convert", cxi, back).exit_code == 0
+    with np.load(v) as f1, np.load(back) as f2:
+        for key in ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", "Y",
+                    "groups"):
+            assert np.array_equal(f1[key], f2[key]) and f1[key].dtype == f2[key].dtype
+
+
+def _bad_files():
+    """(name, mutate(arrays) -> arrays or bytes, expected words in the message)."""
+
+    def drop(key):
+        return lambda a: {k: v for k, v in a.items() if k != key}
+
+    def setkey(key, fn):
+        return lambda a: {**a, key: fn(a)}
+
+    return [
+        ("missing_probe", drop("probeGuess"), ["probeGuess"]),
+        ("missing_diffraction", drop("diffraction"), ["diffraction"]),
+        ("complex_diffraction", setkey("diffraction", lambda a: a["diffraction"].astype(
+            np.complex64)), ["diffraction", "complex"]),
+        ("negative_diffraction", setkey("diffraction", lambda a: a["diffraction"] - 2),
+         ["diffraction", "negative"]),
+        ("nan_diffraction", setkey("diffraction", lambda a: np.where(
+            np.arange(a["diffraction"].size).reshape(a["diffraction"].shape) == 7, np.nan,
+            a["diffraction"]).astype(np.float32)), ["diffraction"]),
+        ("integer_counts", setkey("diffraction", lambda a: (a["diffraction"] * 100).astype(
+            np.uint16)), ["diffraction", "--counts"]),
+        ("wrong_rank", setkey("diffraction", lambda a: a["diffraction"][0]), ["diffraction"]),
+        ("coord_length", setkey("xcoords", lambda a: a["xcoords"][:-1]), ["xcoords"]),
+        ("coords_not_float", setkey("ycoords", lambda a: a["ycoords"].astype(np.int64)),
+         ["ycoords"]),
+        ("probe_size", setkey("probeGuess", lambda a: np.ones((8, 8), np.complex64)),
+         ["probeGuess"]),
+        ("probe_real", setkey("probeGuess", lambda a: np.abs(a["probeGuess"])), ["probeGuess"]),
+        ("object_real", setkey("objectGuess", lambda a: np.abs(a["objectGuess"])),
+         ["objectGuess"]),
+        ("outside_object", setkey("xcoords", lambda a: a["xcoords"] + 100), ["xcoords"]),
+        ("pickled_metadata", setkey("metadata", lambda a: np.array([{"a": 1}], dtype=object)),
+         ["pickle"]),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate,words", _bad_files(), ids=[b[0] for b in _bad_files()])
+@pytest.mark.parametrize("command", ["inspect", "split", "convert"])
+def test_bad_file_gives_one_clear_error_and_no_output(tmp_path, name, mutate, words, command):
+    src = write_raw(tmp_path / "bad.npz", mutate(base_arrays()))
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {
+        "inspect": ("inspect", src, "--png", out / "x.png"),
+        "split": ("split", src, "--out-dir", out),
+        "convert": ("convert", src, out / "x.cxi"),
+    }[command]
+    r = invoke(*args)
+    assert r.exit_code == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    assert "bad.npz" in lines[0]
+    assert dir_listing(out) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file at all", "truncated"])
+def test_corrupt_file(tmp_path, content):
+    src = tmp_path / "bad.npz"
+    if content == "truncated":
+        write_raw(src, base_arrays())
+        src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    else:
+        src.write_bytes(content)
+    r = invoke("inspect", src)
+    assert r.exit_code == 2 and "bad.npz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_really_pickled_file_is_never_unpickled(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    src = tmp_path / "evil.npz"
+    arrays = base_arrays()
+    arrays["metadata"] = np.array([Boom()], dtype=object)
+    np.savez(src, **arrays)
+    assert b"pwned" in src.read_bytes()  # the payload really is in the file
+    r = invoke("inspect", src)
+    assert r.exit_code == 2 and "pickle" in r.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+SIM_ERRORS = [
+    (["--object", "bogus"], ["unknown object", "bogus"]),
+    (["--object", "image:camera+nonexistent"], ["nonexistent"]),
+    (["--probe", "laser"], ["unknown probe", "laser"]),
+    (["--dose", "-5"], ["dose"]),
+    (["--dose", "nan"], ["dose"]),
+    (["--step-px", "5", "--overlap", "0.5"], ["step_px", "overlap"]),
+    (["--scan", "spiral"], ["scan", "spiral"]),
+    (["--overlap", "1.5"], ["overlap"]),
+    (["--object-size", "40"], ["40"]),
+    (["--n", "0"], ["N"]),
+    (["--object", "missing_file.npz"], ["missing_file.npz"]),
+    (["--probe", "missing_probe.npz"], ["missing_probe.npz"]),
+]
+
+
+@pytest.mark.parametrize("extra,words", SIM_ERRORS, ids=[" ".join(e[0]) for e in SIM_ERRORS])
+def test_simulate_bad_arguments(tmp_path, extra, words):
+    out = tmp_path / "d.npz"
+    r = invoke("simulate", "--out", out, "--n", "32", "--object-size", "96", "--object", "grf",
+               *extra)
+    assert r.exit_code != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    assert dir_listing(tmp_path) == []
+
+
+def test_simulate_bad_extension(tmp_path):
+    r = invoke("simulate", "--out", tmp_path / "d.txt", *SMALL)
+    assert r.exit_code == 2 and ".npz" in r.stderr and dir_listing(tmp_path) == []
+
+
+VIEW_ERRORS = [
+    (["--gridsize", "2", "--neighbor-count", "3"], ["neighbor_count", "3"]),
+    (["--gridsize", "3"], ["gridsize", "3"]),
+    (["--gridsize", "1", "--s-img", "1.5"], ["s_img", "1.5"]),
+    (["--gridsize", "1", "--s-img", "0"], ["s_img"]),
+    (["--gridsize", "1", "--n-groups", "100000"], ["n_groups"]),
+]
+
+
+@pytest.mark.parametrize("extra,words", VIEW_ERRORS, ids=[" ".join(e[0]) for e in VIEW_ERRORS])
+def test_view_bad_arguments(small_dataset, tmp_path, extra, words):
+    out = tmp_path / "v.npz"
+    r = invoke("view", small_dataset, "--out", out, *extra)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    assert dir_listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra,words", [(["--fraction", "1.5"], ["fraction"]),
+                                         (["--axis", "z"], ["axis", "z"])])
+def test_split_bad_arguments(small_dataset, tmp_path, extra, words):
+    r = invoke("split", small_dataset, "--out-dir", tmp_path / "s", *extra)
+    assert r.exit_code == 2
+    assert all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "s").exists() or dir_listing(tmp_path / "s") == []
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = invoke("--debug", "inspect", tmp_path / "nope.npz")
+    assert r.exit_code != 0 and r.exception is not None
+
+
+def test_console_script_help_shows_defaults_and_example():
+    exe = Path(sys.executable).with_name("ptychobench")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ptychobench.cli"]
+    for sub in ("simulate", "inspect", "split", "view", "convert"):
+        r = subprocess.run([*cmd, sub, "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0
+        assert "Example: ptychobench " + sub in " ".join(r.stdout.split())
+    r = subprocess.run([*cmd, "simulate", "--help"], capture_output=True, text=True, timeout=120)
+    assert "default: 64" in r.stdout
