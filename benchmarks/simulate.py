@@ -25,8 +25,15 @@ def main() -> None:
     args = ap.parse_args()
     for N in (int(s) for s in args.sizes.split(",")):
         cfg = SimulationConfig(
-            N=N, object="grf", object_size=4 * N, probe="fly64", scan="random",
-            n_positions=args.n_positions, dose=1e4, seed=0, device=args.device,
+            N=N,
+            object="grf",
+            object_size=4 * N,
+            probe="fly64",
+            scan="random",
+            n_positions=args.n_positions,
+            dose=1e4,
+            seed=0,
+            device=args.device,
         )
         simulate(cfg.model_copy(update={"n_positions": 16}))  # warm-up (FFT plans, imports)
         best = float("inf")
@@ -38,17 +45,22 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
-        print(json.dumps({
-            "benchmark": "simulate",
-            "N": N,
-            "n_patterns": ds.n,
-            "device": args.device,
-            "seconds": round(best, 4),
-            "patterns_per_s": round(ds.n / best, 1),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "benchmark": "simulate",
+                    "N": N,
+                    "n_patterns": ds.n,
+                    "device": args.device,
+                    "seconds": round(best, 4),
+                    "patterns_per_s": round(ds.n / best, 1),
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "machine": platform.machine(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,18 @@ from ptychobench.cli import app
 
 runner = CliRunner()
 
-SMALL = ["--n", "32", "--object-size", "96", "--object", "grf", "--scan", "raster",
-         "--step-px", "8"]
+SMALL = [
+    "--n",
+    "32",
+    "--object-size",
+    "96",
+    "--object",
+    "grf",
+    "--scan",
+    "raster",
+    "--step-px",
+    "8",
+]
 
 
 def invoke(*args):
@@ -94,8 +104,15 @@ def test_split_then_view_and_convert(small_dataset, tmp_path):
     back = tmp_path / "back.npz"
     assert invoke("convert", cxi, back).exit_code == 0
     with np.load(v) as f1, np.load(back) as f2:
-        for key in ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", "Y",
-                    "groups"):
+        for key in (
+            "diffraction",
+            "probeGuess",
+            "xcoords",
+            "ycoords",
+            "objectGuess",
+            "Y",
+            "groups",
+        ):
             assert np.array_equal(f1[key], f2[key]) and f1[key].dtype == f2[key].dtype
 
 
@@ -111,27 +128,53 @@ def _bad_files():
     return [
         ("missing_probe", drop("probeGuess"), ["probeGuess"]),
         ("missing_diffraction", drop("diffraction"), ["diffraction"]),
-        ("complex_diffraction", setkey("diffraction", lambda a: a["diffraction"].astype(
-            np.complex64)), ["diffraction", "complex"]),
-        ("negative_diffraction", setkey("diffraction", lambda a: a["diffraction"] - 2),
-         ["diffraction", "negative"]),
-        ("nan_diffraction", setkey("diffraction", lambda a: np.where(
-            np.arange(a["diffraction"].size).reshape(a["diffraction"].shape) == 7, np.nan,
-            a["diffraction"]).astype(np.float32)), ["diffraction"]),
-        ("integer_counts", setkey("diffraction", lambda a: (a["diffraction"] * 100).astype(
-            np.uint16)), ["diffraction", "--counts"]),
+        (
+            "complex_diffraction",
+            setkey("diffraction", lambda a: a["diffraction"].astype(np.complex64)),
+            ["diffraction", "complex"],
+        ),
+        (
+            "negative_diffraction",
+            setkey("diffraction", lambda a: a["diffraction"] - 2),
+            ["diffraction", "negative"],
+        ),
+        (
+            "nan_diffraction",
+            setkey(
+                "diffraction",
+                lambda a: np.where(
+                    np.arange(a["diffraction"].size).reshape(a["diffraction"].shape) == 7,
+                    np.nan,
+                    a["diffraction"],
+                ).astype(np.float32),
+            ),
+            ["diffraction"],
+        ),
+        (
+            "integer_counts",
+            setkey("diffraction", lambda a: (a["diffraction"] * 100).astype(np.uint16)),
+            ["diffraction", "--counts"],
+        ),
         ("wrong_rank", setkey("diffraction", lambda a: a["diffraction"][0]), ["diffraction"]),
         ("coord_length", setkey("xcoords", lambda a: a["xcoords"][:-1]), ["xcoords"]),
-        ("coords_not_float", setkey("ycoords", lambda a: a["ycoords"].astype(np.int64)),
-         ["ycoords"]),
-        ("probe_size", setkey("probeGuess", lambda a: np.ones((8, 8), np.complex64)),
-         ["probeGuess"]),
+        (
+            "coords_not_float",
+            setkey("ycoords", lambda a: a["ycoords"].astype(np.int64)),
+            ["ycoords"],
+        ),
+        (
+            "probe_size",
+            setkey("probeGuess", lambda a: np.ones((8, 8), np.complex64)),
+            ["probeGuess"],
+        ),
         ("probe_real", setkey("probeGuess", lambda a: np.abs(a["probeGuess"])), ["probeGuess"]),
-        ("object_real", setkey("objectGuess", lambda a: np.abs(a["objectGuess"])),
-         ["objectGuess"]),
+        ("object_real", setkey("objectGuess", lambda a: np.abs(a["objectGuess"])), ["objectGuess"]),
         ("outside_object", setkey("xcoords", lambda a: a["xcoords"] + 100), ["xcoords"]),
-        ("pickled_metadata", setkey("metadata", lambda a: np.array([{"a": 1}], dtype=object)),
-         ["pickle"]),
+        (
+            "pickled_metadata",
+            setkey("metadata", lambda a: np.array([{"a": 1}], dtype=object)),
+            ["pickle"],
+        ),
     ]
 
 
@@ -192,7 +235,7 @@ SIM_ERRORS = [
     (["--step-px", "5", "--overlap", "0.5"], ["step_px", "overlap"]),
     (["--scan", "spiral"], ["scan", "spiral"]),
     (["--overlap", "1.5"], ["overlap"]),
-    (["--object-size", "40"], ["40"]),
+    (["--object-size", "20"], ["20"]),
     (["--n", "0"], ["N"]),
     (["--object", "missing_file.npz"], ["missing_file.npz"]),
     (["--probe", "missing_probe.npz"], ["missing_probe.npz"]),
@@ -202,8 +245,9 @@ SIM_ERRORS = [
 @pytest.mark.parametrize("extra,words", SIM_ERRORS, ids=[" ".join(e[0]) for e in SIM_ERRORS])
 def test_simulate_bad_arguments(tmp_path, extra, words):
     out = tmp_path / "d.npz"
-    r = invoke("simulate", "--out", out, "--n", "32", "--object-size", "96", "--object", "grf",
-               *extra)
+    r = invoke(
+        "simulate", "--out", out, "--n", "32", "--object-size", "96", "--object", "grf", *extra
+    )
     assert r.exit_code != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
@@ -238,8 +282,9 @@ def test_view_bad_arguments(small_dataset, tmp_path, extra, words):
     assert dir_listing(tmp_path) == []
 
 
-@pytest.mark.parametrize("extra,words", [(["--fraction", "1.5"], ["fraction"]),
-                                         (["--axis", "z"], ["axis", "z"])])
+@pytest.mark.parametrize(
+    "extra,words", [(["--fraction", "1.5"], ["fraction"]), (["--axis", "z"], ["axis", "z"])]
+)
 def test_split_bad_arguments(small_dataset, tmp_path, extra, words):
     r = invoke("split", small_dataset, "--out-dir", tmp_path / "s", *extra)
     assert r.exit_code == 2

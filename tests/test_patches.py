@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import smooth_complex
+
 from ptychobench.physics import extract_patches, normalise_overlay, overlay_patches
 
 

@@ -82,7 +82,9 @@ def test_fly64_effective_diameter_range_and_scaling() -> None:
     info64 = probe_info(fly64(64))
     info128 = probe_info(fly64(128))
     assert 18 <= info64.effective_diameter_px <= 28
-    assert info128.effective_diameter_px / info64.effective_diameter_px == pytest.approx(2.0, rel=0.03)
+    assert info128.effective_diameter_px / info64.effective_diameter_px == pytest.approx(
+        2.0, rel=0.03
+    )
     assert info128.fwhm_px / info64.fwhm_px == pytest.approx(2.0, rel=0.03)
     # The rings carry energy: effective diameter is well above the core FWHM.
     assert info64.effective_diameter_px > 2 * info64.fwhm_px
@@ -127,9 +129,7 @@ def test_disk_diameter(diameter: float, blur: float) -> None:
     expected = diameter - 2 * (0.545 * blur if blur > 0 else np.sqrt(0.5) - 0.5)
     assert info.fwhm_px == pytest.approx(expected, rel=0.03)
     # Uniform disk: 86.5 % of the energy lies inside sqrt(0.865) of the diameter.
-    assert info.effective_diameter_px == pytest.approx(
-        np.sqrt(1 - np.exp(-2)) * diameter, rel=0.05
-    )
+    assert info.effective_diameter_px == pytest.approx(np.sqrt(1 - np.exp(-2)) * diameter, rel=0.05)
 
 
 def test_disk_hard_edge_and_default() -> None:

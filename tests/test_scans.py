@@ -36,7 +36,9 @@ def _mean_nn(coords: np.ndarray) -> float:
 @pytest.mark.parametrize("kind", ["random", "raster", "fermat"])
 @pytest.mark.parametrize("shape", [SHAPE, (65, 65), (65, 300), (513, 97)])
 def test_margins(kind: str, shape: tuple[int, int]) -> None:
-    coords = make_scan(kind, shape, N, step_px=5.0)
+    # random with step 5 on a 1 px² usable area would round to zero positions: give a count.
+    density = {"n_positions": 50} if kind == "random" else {"step_px": 5.0}
+    coords = make_scan(kind, shape, N, **density)
     _assert_in_margin(coords, shape, N)
 
 

@@ -29,14 +29,14 @@ def test_mean_photons_equal_dose_within_3_standard_errors(pair):
     photons = np.square(noisy.diffraction, dtype=np.float64).sum(axis=(-2, -1))
     se = math.sqrt(1e3 / noisy.n)  # the Poisson error of the mean of per-pattern totals
     assert abs(photons.mean() - 1e3) < 3 * se
-    assert math.isclose(noisy.metadata["realised_mean_photons"], photons.mean(), rel_tol=1e-9)
+    assert math.isclose(noisy.metadata["realised_mean_photons"], photons.mean(), rel_tol=1e-6)
 
 
 def test_poisson_statistics_at_dose_1e3(pair):
     noisy, clean = pair
     n = np.square(noisy.diffraction, dtype=np.float64)
     lam = np.square(clean.diffraction, dtype=np.float64)
-    assert np.array_equal(n, np.round(n))  # integer counts
+    assert np.abs(n - np.round(n)).max() < 1e-3  # integer counts (float32 sqrt round trip)
     resid = n - lam
     assert abs(resid.sum()) < 3 * math.sqrt(lam.sum())
     assert abs((resid**2).sum() / lam.sum() - 1) < 0.03  # variance ≈ mean

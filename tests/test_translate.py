@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import smooth_complex
+
 from ptychobench.physics import shift, shift_bilinear, shift_fourier
 
 

@@ -87,14 +87,18 @@ def simulate(
     phi_max: Annotated[float, typer.Option("--phi-max", help="Phase range ±phi_max (rad).")] = (
         1.5707963267948966
     ),
-    probe: Annotated[str, typer.Option("--probe", help="fly64 | gaussian | disk | FILE.")] = "fly64",
+    probe: Annotated[
+        str, typer.Option("--probe", help="fly64 | gaussian | disk | FILE.")
+    ] = "fly64",
     scan: Annotated[str, typer.Option("--scan", help="random | raster | fermat.")] = "raster",
     step_px: Annotated[
         float | None, typer.Option("--step-px", help="Scan step (px); excludes --overlap.")
     ] = None,
     overlap: Annotated[
         float | None,
-        typer.Option("--overlap", help="Target linear overlap with the probe diameter [default 0.7]."),
+        typer.Option(
+            "--overlap", help="Target linear overlap with the probe diameter [default 0.7]."
+        ),
     ] = None,
     n_positions: Annotated[
         int | None, typer.Option("--n-positions", help="Number of scan positions.")
@@ -118,9 +122,20 @@ def simulate(
         from ptychobench.simulate import simulate as run_simulation
 
         cfg = SimulationConfig(
-            N=n, object=object, object_size=object_size, a_min=a_min, phi_max=phi_max,
-            probe=probe, scan=scan, step_px=step_px, overlap=overlap, n_positions=n_positions,
-            jitter_px=jitter_px, dose=dose, noise="none" if noiseless else "poisson", seed=seed,
+            N=n,
+            object=object,
+            object_size=object_size,
+            a_min=a_min,
+            phi_max=phi_max,
+            probe=probe,
+            scan=scan,
+            step_px=step_px,
+            overlap=overlap,
+            n_positions=n_positions,
+            jitter_px=jitter_px,
+            dose=dose,
+            noise="none" if noiseless else "poisson",
+            seed=seed,
             noise_seed=noise_seed,
         )
         _check_writable_suffix(out)
@@ -137,8 +152,10 @@ def simulate(
 
 def _check_writable_suffix(path: Path) -> None:
     if path.suffix.lower() not in (".npz", ".cxi"):
-        raise CLIError(f"{path}: expected an output file ending in .npz or .cxi, found "
-                       f"{path.suffix or 'no extension'!r}")
+        raise CLIError(
+            f"{path}: expected an output file ending in .npz or .cxi, found "
+            f"{path.suffix or 'no extension'!r}"
+        )
     if path.exists() and path.is_dir():
         raise CLIError(f"{path}: expected a file path, found a directory")
 
@@ -218,13 +235,18 @@ def split(
 def view(
     path: Annotated[Path, typer.Argument(help="Dataset (usually one split).")],
     out: Annotated[Path, typer.Option("--out", help="Output view dataset (.npz).")],
-    gridsize: Annotated[int, typer.Option("--gridsize", help="1 (single patterns) or 2 (groups of 4).")],
-    s_img: Annotated[float, typer.Option("--s-img", help="Fraction of positions kept (0, 1].")] = 1.0,
+    gridsize: Annotated[
+        int, typer.Option("--gridsize", help="1 (single patterns) or 2 (groups of 4).")
+    ],
+    s_img: Annotated[
+        float, typer.Option("--s-img", help="Fraction of positions kept (0, 1].")
+    ] = 1.0,
     n_groups: Annotated[
         int | None, typer.Option("--n-groups", help="Number of groups [default: one per position].")
     ] = None,
     neighbor_count: Annotated[
-        int, typer.Option("--neighbor-count", help="K nearest neighbours to draw group members from.")
+        int,
+        typer.Option("--neighbor-count", help="K nearest neighbours to draw group members from."),
     ] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of subsampling and grouping.")] = 0,
 ) -> None:
@@ -241,8 +263,14 @@ def view(
 
         _check_writable_suffix(out)
         ds = load(path)
-        v = make_view(ds, gridsize=gridsize, s_img=s_img, n_groups=n_groups,
-                      neighbor_count=neighbor_count, seed=seed)
+        v = make_view(
+            ds,
+            gridsize=gridsize,
+            s_img=s_img,
+            n_groups=n_groups,
+            neighbor_count=neighbor_count,
+            seed=seed,
+        )
         D = probe_info(v.probeGuess).effective_diameter_px
         report = overlap_report(v, D, neighbor_count=neighbor_count)
         overlap_path = out.with_name(out.name + ".overlap.json")

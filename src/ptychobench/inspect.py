@@ -39,7 +39,9 @@ def summarize(ds: PtychoDataset, neighbor_count: int = 4) -> dict[str, Any]:
         "groups": None if ds.groups is None else list(ds.groups.shape),
         "transformations": [t.get("op", "?") for t in meta.get("transformations", [])],
     }
-    summary["overlap"] = overlap_report(ds, info.effective_diameter_px, neighbor_count=neighbor_count)
+    summary["overlap"] = overlap_report(
+        ds, info.effective_diameter_px, neighbor_count=neighbor_count
+    )
     return summary
 
 

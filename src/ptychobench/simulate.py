@@ -55,7 +55,9 @@ class SimulationConfig(BaseModel):
     dose: float = Field(1e4, gt=0.0, description="expected photons per pattern")
     noise: Literal["poisson", "none"] = "poisson"
     seed: int = Field(0, ge=0, description="seed of object and scan draws")
-    noise_seed: int | None = Field(None, ge=0, description="seed of the Poisson draw (default seed+1)")
+    noise_seed: int | None = Field(
+        None, ge=0, description="seed of the Poisson draw (default seed+1)"
+    )
     interpolation: Literal["fourier", "bilinear"] = "fourier"
     chunk_size: int = Field(1024, ge=1, description="patterns per vectorised chunk")
     device: str = "cpu"
@@ -98,8 +100,9 @@ def resolve_object(cfg: SimulationConfig) -> np.ndarray:
         from ptychobench.data.io import load_object
 
         return load_object(cfg.object)
-    return make_object(cfg.object, cfg.object_size, a_min=cfg.a_min, phi_max=cfg.phi_max,
-                       seed=cfg.seed)
+    return make_object(
+        cfg.object, cfg.object_size, a_min=cfg.a_min, phi_max=cfg.phi_max, seed=cfg.seed
+    )
 
 
 def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDataset:

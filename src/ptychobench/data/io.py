@@ -753,10 +753,14 @@ def dataset_bytes_npz(ds: PtychoDataset) -> bytes:
 
 
 _ARRAY_KEYS = {
-    "probe": (("probeGuess", "probe"), ("/entry_1/instrument_1/source_1/probe",
-                                         "/entry_1/instrument_1/probe")),
-    "object": (("objectGuess", "object"), ("/entry_1/ptychobench/objectGuess",
-                                           "/entry_1/sample_1/object")),
+    "probe": (
+        ("probeGuess", "probe"),
+        ("/entry_1/instrument_1/source_1/probe", "/entry_1/instrument_1/probe"),
+    ),
+    "object": (
+        ("objectGuess", "object"),
+        ("/entry_1/ptychobench/objectGuess", "/entry_1/sample_1/object"),
+    ),
 }
 
 
@@ -787,7 +791,9 @@ def _load_complex_2d(path: str | os.PathLike[str], what: str) -> np.ndarray:
         raise DatasetError(f"{p}: not a readable {ext} file ({exc})") from None
     keys = npz_keys if ext == ".npz" else cxi_keys
     if arr is None:
-        raise DatasetError(f"{p}: missing {what}: expected one of the keys {list(keys)}, found none")
+        raise DatasetError(
+            f"{p}: missing {what}: expected one of the keys {list(keys)}, found none"
+        )
     arr = np.squeeze(np.asarray(arr))
     if arr.ndim != 2 or not np.iscomplexobj(arr):
         raise DatasetError(

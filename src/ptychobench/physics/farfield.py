@@ -33,5 +33,5 @@ def amplitude(psi: torch.Tensor) -> torch.Tensor:
 
 
 def forward_amplitude(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """Noiseless far-field amplitude of ``probe · patches``; the model shared by simulation and PINN."""
+    """Noiseless far-field amplitude of ``probe · patches`` (shared by simulation and the PINN)."""
     return amplitude(exit_wave(probe, patches))

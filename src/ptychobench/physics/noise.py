@@ -28,7 +28,7 @@ def dose_scale(mean_energy: float, dose: float) -> float:
         raise ValueError(f"dose: expected a positive number of photons per pattern, found {dose}")
     if not (math.isfinite(mean_energy) and mean_energy > 0):
         raise ValueError(
-            f"mean exit-wave energy: expected > 0 (probe or object is all zero?), found {mean_energy}"
+            f"mean exit-wave energy: expected > 0 (all-zero probe or object?), found {mean_energy}"
         )
     return math.sqrt(dose / mean_energy)
 

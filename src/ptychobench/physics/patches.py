@@ -33,7 +33,9 @@ __all__ = ["extract_patches", "overlay_patches", "normalise_overlay"]
 def _coords_tensor(coords: torch.Tensor, device: torch.device) -> torch.Tensor:
     coords = torch.as_tensor(coords, dtype=torch.float64, device=device)
     if coords.ndim != 2 or coords.shape[-1] != 2:
-        raise ValueError(f"coords: expected shape (B, 2) ordered (x, y), found {tuple(coords.shape)}")
+        raise ValueError(
+            f"coords: expected shape (B, 2) ordered (x, y), found {tuple(coords.shape)}"
+        )
     return coords
 
 
@@ -118,9 +120,12 @@ def extract_patches(
     if bool((frac != 0).any()):
         cdtype = windows.dtype if windows.is_complex() else torch.complex64
         # content must move by -frac so that obj(r) lands on the window's integer grid
-        taper = _taper(side, m, windows.real.dtype if windows.is_complex() else windows.dtype,
-                       obj.device)
-        spec = torch.fft.fft2((windows * taper).to(cdtype)) * _fourier_ramp(frac, side, -1.0, cdtype)
+        taper = _taper(
+            side, m, windows.real.dtype if windows.is_complex() else windows.dtype, obj.device
+        )
+        spec = torch.fft.fft2((windows * taper).to(cdtype)) * _fourier_ramp(
+            frac, side, -1.0, cdtype
+        )
         windows = torch.fft.ifft2(spec)
         if not obj.is_complex():
             windows = windows.real.to(obj.dtype)
@@ -185,7 +190,7 @@ def overlay_patches(
 
 
 def _overlay_bilinear(patches: torch.Tensor, coords: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    B, N = patches.shape[0], patches.shape[-1]
+    N = patches.shape[-1]
     ar = torch.arange(N, device=patches.device, dtype=torch.float64)
     ys = coords[:, 1, None, None] - N // 2 + ar[None, :, None]
     xs = coords[:, 0, None, None] - N // 2 + ar[None, None, :]
@@ -212,7 +217,7 @@ def _overlay_bilinear(patches: torch.Tensor, coords: torch.Tensor, H: int, W: in
 def normalise_overlay(
     canvas: torch.Tensor, weight: torch.Tensor, min_weight: float = 1e-3
 ) -> torch.Tensor:
-    """``canvas / weight`` where ``weight > min_weight``, exact zeros elsewhere (no ε-amplified rims)."""
+    """``canvas / weight`` where ``weight > min_weight``, exact zeros elsewhere (no ε rims)."""
     covered = weight > min_weight
     safe = torch.where(covered, weight, torch.ones_like(weight))
     return torch.where(covered, canvas / safe, torch.zeros((), dtype=canvas.dtype))

@@ -294,8 +294,7 @@ def fly64(N: int = 64) -> np.ndarray:
     field = field[start : start + N, start : start + N]
     r = _radius_grid(N) / N
     taper = 0.5 * (
-        1.0
-        + np.cos(np.pi * (r - _FLY_SUPPORT_INNER) / (_FLY_SUPPORT_OUTER - _FLY_SUPPORT_INNER))
+        1.0 + np.cos(np.pi * (r - _FLY_SUPPORT_INNER) / (_FLY_SUPPORT_OUTER - _FLY_SUPPORT_INNER))
     )
     support = np.where(r <= _FLY_SUPPORT_INNER, 1.0, np.where(r >= _FLY_SUPPORT_OUTER, 0.0, taper))
     return _normalise(field * support)

@@ -273,7 +273,11 @@ def make_scan(
         raise ValueError(f"unknown scan kind {kind!r}: expected one of {', '.join(SCAN_KINDS)}")
     given = [
         name
-        for name, value in (("step_px", step_px), ("overlap", overlap), ("n_positions", n_positions))
+        for name, value in (
+            ("step_px", step_px),
+            ("overlap", overlap),
+            ("n_positions", n_positions),
+        )
         if value is not None
     ]
     if len(given) != 1:
