@@ -285,6 +285,64 @@ def view(
     _run(go)
 
 
+# ------------------------------------------------------------------------------------ reconstruct
+@app.command()
+def reconstruct(
+    data: Annotated[Path, typer.Argument(help="Dataset (.npz or .cxi).")],
+    out: Annotated[Path, typer.Option("--out", help="Output reconstruction (.npz).")],
+    engine: Annotated[str, typer.Option("--engine", help="lsqml | epie | dm.")] = "lsqml",
+    epochs: Annotated[int, typer.Option("--epochs", help="Iterations over all patterns.")] = 100,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Patterns per update [default 100; ePIE 10].")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    noise_model: Annotated[
+        str, typer.Option("--noise-model", help="LSQML noise model: gaussian | poisson.")
+    ] = "gaussian",
+    refine_probe: Annotated[
+        bool, typer.Option("--refine-probe", help="Refine the probe (default: known, fixed).")
+    ] = False,
+    init_from_truth: Annotated[
+        bool,
+        typer.Option("--init-from-truth", help="DIAGNOSTIC ONLY: start from objectGuess (unfair)."),
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="pty-chi random seed.")] = 0,
+) -> None:
+    """Reconstruct with pty-chi (object = ones, known probe and positions, all patterns).
+
+    Example: ptychobench reconstruct d.npz --out recon.npz --engine lsqml --epochs 100
+    """
+
+    def go():
+        from ptychobench.data.io import load
+        from ptychobench.data.recon import write_reconstruction
+        from ptychobench.iterative import IterativeConfig
+        from ptychobench.iterative import reconstruct as run_reconstruct
+
+        if out.suffix.lower() != ".npz":
+            raise CLIError(f"{out}: expected an output file ending in .npz, found {out.suffix!r}")
+        cfg = IterativeConfig(
+            engine=engine,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            noise_model=noise_model,
+            refine_probe=refine_probe,
+            init_from_truth=init_from_truth,
+            seed=seed,
+            progress=sys.stderr.isatty(),
+        )
+        ds = load(data)
+        rec = run_reconstruct(ds, cfg)
+        write_reconstruction(rec, out)
+        typer.echo(
+            f"wrote {out}: {cfg.engine} {cfg.epochs} epochs on {ds.n} patterns in "
+            f"{rec.metadata['seconds']:.1f} s"
+        )
+
+    _run(go)
+
+
 # ---------------------------------------------------------------------------------------- convert
 @app.command()
 def convert(

@@ -1,0 +1,1 @@
+"""Evaluation: alignment, metrics, FRC, comparison (SPEC §7)."""

@@ -1,0 +1,248 @@
+"""The iterative arm: an adapter around pty-chi (SPEC §6).
+
+Conventions that bite (pinned by tests):
+
+* pty-chi's far field uses the unnormalised FFT; our data use the orthonormal one, so pty-chi gets
+  the probe divided by N: ``|FFT(P/N · O)|² = |FFT_ortho(P · O)|²``.
+* Our data have DC at ``(N//2, N//2)``: ``data_options.fft_shift = True``; pty-chi wants intensity.
+* Positions: pty-chi maps ``position + origin`` to the patch centre at pixel ``(N−1)/2``; we hand it
+  the patch's top-left corner ``coord − N/2`` with the origin specified at ``((N−1)/2, (N−1)/2)``,
+  which reproduces our forward model for the object buffer = the object's pixel frame.
+* A known, fixed probe must not be rescaled: LSQML's first-epoch probe-intensity rescaling and the
+  object/probe ambiguity removal are switched off unless the probe is refined.
+
+Fair by default: object initialised to ones, known probe, known positions, every pattern of the
+dataset. ``init_from_truth`` is a labelled diagnostic only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from importlib import metadata as importlib_metadata
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ptychobench.data.dataset import DatasetError, PtychoDataset
+from ptychobench.data.recon import Reconstruction
+
+__all__ = ["IterativeConfig", "reconstruct", "ptychi_available", "illumination_coverage"]
+
+log = logging.getLogger(__name__)
+
+BUFFER_PAD = 4
+
+
+class IterativeConfig(BaseModel):
+    """Settings of the pty-chi arm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["lsqml", "epie", "dm"] = "lsqml"
+    epochs: int = Field(100, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="default: 100 (LSQML, DM), 10 (ePIE)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    noise_model: Literal["gaussian", "poisson"] = "gaussian"
+    refine_probe: bool = False
+    init_from_truth: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+def ptychi_available() -> tuple[bool, str]:
+    """(True, version) if pty-chi imports, else (False, reason)."""
+    try:
+        import ptychi  # noqa: F401
+
+        return True, importlib_metadata.version("ptychi")
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the arm unavailable
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def illumination_coverage(ds: PtychoDataset, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 Σ|P|² placed at every scan position (the illumination map)."""
+    from ptychobench.physics import overlay_patches
+
+    p2 = torch.from_numpy(np.abs(ds.probeGuess).astype(np.float32) ** 2)
+    patches = p2.expand(ds.n, *p2.shape).contiguous()
+    canvas, _ = overlay_patches(patches, torch.from_numpy(ds.coords), shape, method="bilinear")
+    return canvas.numpy().astype(np.float32)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: expected an available CUDA GPU for 'cuda', found none")
+    return name
+
+
+def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
+    import ptychi.api as api
+
+    N = ds.N
+    engine = cfg.engine
+    if engine == "lsqml":
+        opts = api.LSQMLOptions()
+        opts.reconstructor_options.noise_model = getattr(api.NoiseModels, cfg.noise_model.upper())
+        opts.reconstructor_options.rescale_probe_intensity_in_first_epoch = cfg.refine_probe
+    elif engine == "epie":
+        opts = api.EPIEOptions()
+    else:
+        opts = api.DMOptions()
+    batch = cfg.batch_size or (10 if engine == "epie" else 100)
+    ro = opts.reconstructor_options
+    ro.num_epochs = cfg.epochs
+    ro.batch_size = min(batch, ds.n)
+    ro.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
+    ro.random_seed = cfg.seed
+    ro.allow_nondeterministic_algorithms = False
+
+    opts.data_options.data = torch.from_numpy(np.square(ds.diffraction, dtype=np.float32))
+    opts.data_options.fft_shift = True
+
+    H, W = ds.objectGuess.shape if ds.objectGuess is not None else _frame_shape(ds)
+    # pty-chi wants a few pixels of slack around the outermost patches; pad the buffer by
+    # BUFFER_PAD on each side and crop it off again afterwards
+    p = BUFFER_PAD
+    if cfg.init_from_truth:
+        if ds.objectGuess is None:
+            raise DatasetError("init_from_truth: expected a dataset with objectGuess, found none")
+        init = np.pad(ds.objectGuess.astype(np.complex64), p, constant_values=1)
+        init = torch.from_numpy(init)[None]
+    else:
+        init = torch.ones((1, H + 2 * p, W + 2 * p), dtype=torch.complex64)
+    oo = opts.object_options
+    oo.initial_guess = init
+    oo.pixel_size_m = 1.0
+    oo.optimizable = True
+    oo.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
+    oo.position_origin_coords = np.array([(N - 1) / 2 + p, (N - 1) / 2 + p])
+    oo.remove_object_probe_ambiguity.enabled = cfg.refine_probe
+
+    po = opts.probe_options
+    scale = probe_photon_scale(ds)
+    po.initial_guess = torch.from_numpy((ds.probeGuess * (scale / N)).astype(np.complex64))[
+        None, None
+    ]
+    po.optimizable = cfg.refine_probe
+
+    pp = opts.probe_position_options
+    pp.position_x_px = torch.from_numpy(ds.xcoords - N / 2)
+    pp.position_y_px = torch.from_numpy(ds.ycoords - N / 2)
+    pp.optimizable = False
+    return opts
+
+
+def probe_photon_scale(ds: PtychoDataset) -> float:
+    """Amplitude factor that puts the probe on the data's photon scale, from the data alone.
+
+    ``s² = mean_patterns(Σ n) / Σ|P|²``: with the object initialised to ones, the predicted mean
+    photons per pattern then equal the measured ones. (A simulated dataset's own ``scale`` also
+    absorbs the object's mean transmission, which a solver cannot know.)
+    """
+    photons = float(np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1)).mean())
+    probe_energy = float(np.square(np.abs(ds.probeGuess), dtype=np.float64).sum())
+    if not (photons > 0 and probe_energy > 0):
+        raise DatasetError(
+            f"pty-chi: expected photons and probe energy > 0, found {photons} and {probe_energy}"
+        )
+    return math.sqrt(photons / probe_energy)
+
+
+def _frame_shape(ds: PtychoDataset) -> tuple[int, int]:
+    """Object frame for data without ground truth: just large enough to hold every patch."""
+    N = ds.N
+    return (
+        int(math.ceil(ds.ycoords.max() + N / 2)) + 1,
+        int(math.ceil(ds.xcoords.max() + N / 2)) + 1,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_ptychi():
+    loggers = [logging.getLogger(n) for n in ("ptychi", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Reconstruction:
+    """Reconstruct ``ds`` with pty-chi; returns the object in ``ds``'s object pixel frame.
+
+    Parameters
+    ----------
+    ds : PtychoDataset
+        Diffraction amplitudes, known probe and positions (all patterns are used).
+    config : IterativeConfig
+
+    Returns
+    -------
+    Reconstruction with ``reconstructed_object`` (H, W) complex64, ``coverage`` (the illumination
+    map Σ|P|²), ``reconstructed_probe`` (N, N) in our orthonormal convention, and metadata.
+    """
+    cfg = config or IterativeConfig()
+    ok, version = ptychi_available()
+    if not ok:
+        raise RuntimeError(f"pty-chi is not available: {version}")
+    from ptychi.api.task import PtychographyTask
+
+    device = _device(cfg.device)
+    opts = _options(ds, cfg, device)
+    p = BUFFER_PAD
+    shape = tuple(int(n) - 2 * p for n in opts.object_options.initial_guess.shape[-2:])
+    t0 = time.perf_counter()
+    with _quiet_ptychi(), PtychographyTask(opts) as task:
+        _run_epochs(task, cfg)
+        obj = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
+        probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / probe_photon_scale(ds))
+    seconds = time.perf_counter() - t0
+    meta = {
+        "arm": "PtyChi",
+        "algorithm": cfg.engine.upper() if cfg.engine != "epie" else "ePIE",
+        "epochs": cfg.epochs,
+        "seconds": seconds,
+        "n_patterns": ds.n,
+        "settings": cfg.model_dump(mode="json"),
+        "init_from_truth": cfg.init_from_truth,
+        "probe_photon_scale": probe_photon_scale(ds),
+        "diagnostic": "init_from_truth (not a fair comparison)" if cfg.init_from_truth else None,
+        "device": device,
+        "versions": {"ptychi": version, "torch": torch.__version__},
+    }
+    return Reconstruction(
+        reconstructed_object=obj.astype(np.complex64),
+        coverage=illumination_coverage(ds, shape),
+        metadata=meta,
+        reconstructed_probe=probe.astype(np.complex64),
+    )
+
+
+def _run_epochs(task, cfg: IterativeConfig) -> None:
+    """Run epoch by epoch so a progress bar can follow; same result as one call."""
+    if not cfg.progress:
+        task.run()
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(f"pty-chi {cfg.engine}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        job = bar.add_task("epochs", total=cfg.epochs)
+        for _ in range(cfg.epochs):
+            task.run(1)
+            bar.advance(job)
