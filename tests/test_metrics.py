@@ -27,8 +27,9 @@ from ptychobench.evaluate.metrics import (
 
 @pytest.fixture(scope="module")
 def camera() -> np.ndarray:
-    """256×256 crop of the scikit-image camera, scaled to [0, 1]."""
-    return data.camera().astype(np.float64)[128:384, 128:384] / 255.0
+    """256×256 crop of the scikit-image camera, min-max scaled to exactly [0, 1]."""
+    img = data.camera().astype(np.float64)[128:384, 128:384]
+    return (img - img.min()) / (img.max() - img.min())
 
 
 def _complex_object(shape=(128, 128), seed=0) -> np.ndarray:

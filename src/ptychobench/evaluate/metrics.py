@@ -382,7 +382,8 @@ def ms_ssim(
     Notes
     -----
     * **Small images.** A scale is used only if its smaller side is ≥ 11 px (the window size):
-      five scales need a smaller side ≥ 176 px. With fewer scales ``M < 5`` the first ``M``
+      five scales need a smaller side ≥ 176 px. With all five scales the published weights are
+      used as they are (they sum to 1.0001); with fewer scales ``M < 5`` the first ``M``
       weights are used, renormalised to sum to 1. ``return_scales=True`` reports ``M``.
     * **Negative terms.** A negative ``cs_j`` (or coarsest-scale SSIM) is clipped to 0 before the
       power (the product is then 0), so the result is always in [0, 1].
@@ -405,7 +406,8 @@ def ms_ssim(
         t = ndimage.gaussian_filter(t, sigma=float(sigma), mode="reflect")
 
     weights = np.asarray(MS_SSIM_WEIGHTS[:n_scales], dtype=np.float64)
-    weights = weights / weights.sum()
+    if n_scales < len(MS_SSIM_WEIGHTS):
+        weights = weights / weights.sum()
     value = 1.0
     for j in range(n_scales):
         ssim_j, cs_j = _ssim_components(p, t, dr)
