@@ -343,6 +343,87 @@ def reconstruct(
     _run(go)
 
 
+# ---------------------------------------------------------------------------------------- compare
+@app.command()
+def compare(
+    data: Annotated[Path, typer.Argument(help="Dataset with objectGuess (the truth).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory for the comparison.")],
+    iterative: Annotated[
+        Path | None, typer.Option("--iterative", help="PtyChi reconstruction NPZ.")
+    ] = None,
+    pinn: Annotated[Path | None, typer.Option("--pinn", help="PtychoPINN reconstruction.")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Baseline reconstruction.")
+    ] = None,
+    arm: Annotated[
+        list[str] | None, typer.Option("--arm", help="Extra arm as NAME=PATH (repeatable).")
+    ] = None,
+    registration: Annotated[
+        str, typer.Option("--registration", help="all | none (same for every arm).")
+    ] = "all",
+    phase_align: Annotated[
+        str, typer.Option("--phase-align", help="plane | mean | none.")
+    ] = "plane",
+    stitch_crop_size: Annotated[
+        int | None, typer.Option("--stitch-crop-size", help="Stitch crop M [default N/4, even].")
+    ] = None,
+    ms_ssim_sigma: Annotated[
+        float, typer.Option("--ms-ssim-sigma", help="Amplitude smoothing before MS-SSIM (px).")
+    ] = 1.0,
+    no_floor: Annotated[
+        bool, typer.Option("--no-floor", help="Skip the Flat (constant object) floor arm.")
+    ] = False,
+) -> None:
+    """Align every arm identically to the truth, score it, write the comparison bundle.
+
+    Example: ptychobench compare d.npz --out-dir cmp --iterative recon.npz
+    """
+
+    def go():
+        from ptychobench.data.io import load
+        from ptychobench.data.recon import read_reconstruction
+        from ptychobench.evaluate.compare import CompareSettings
+        from ptychobench.evaluate.compare import compare as run_compare
+
+        settings = CompareSettings(
+            crop_size_M=stitch_crop_size,
+            registration=registration,
+            phase_align=phase_align,
+            ms_ssim_sigma=ms_ssim_sigma,
+            floor=not no_floor,
+        )
+        ds = load(data)
+        settings.validate(ds.N)
+        paths: dict[str, Path] = {}
+        for name, path in (("PtyChi", iterative), ("PtychoPINN", pinn), ("Baseline", baseline)):
+            if path is not None:
+                paths[name] = path
+        for spec in arm or []:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise CLIError(f"--arm: expected NAME=PATH, found {spec!r}")
+            paths[name] = Path(path)
+        if not paths and settings.floor is False:
+            raise CLIError(
+                "compare: expected at least one arm (--iterative/--pinn/--baseline/--arm)"
+            )
+        shape = None if ds.objectGuess is None else ds.objectGuess.shape
+        arms = {name: read_reconstruction(path, shape) for name, path in paths.items()}
+        result = run_compare(ds, arms, out_dir, settings, data_source=str(data))
+        for name, m in result.metrics.items():
+            typer.echo(
+                f"{name:>11}: phase ssim {m['ssim'][1]:.3f}  amplitude ssim {m['ssim'][0]:.3f}  "
+                f"nrmse {m['nrmse']:.3f}  phase frc50 {m['frc50'][1]:.3f}"
+            )
+        if result.errors:
+            for name, err in result.errors.items():
+                typer.echo(f"error: arm {name}: {err}", err=True)
+            raise typer.Exit(code=1)
+        typer.echo(f"wrote {out_dir}")
+
+    _run(go)
+
+
 # ---------------------------------------------------------------------------------------- convert
 @app.command()
 def convert(

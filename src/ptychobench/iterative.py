@@ -50,6 +50,9 @@ class IterativeConfig(BaseModel):
     noise_model: Literal["gaussian", "poisson"] = "gaussian"
     refine_probe: bool = False
     init_from_truth: bool = False
+    probe_scale: float | None = Field(
+        None, gt=0, description="probe amplitude factor to photon units (default: from the data)"
+    )
     seed: int = 0
     progress: bool = True
 
@@ -126,7 +129,7 @@ def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
     oo.remove_object_probe_ambiguity.enabled = cfg.refine_probe
 
     po = opts.probe_options
-    scale = probe_photon_scale(ds)
+    scale = cfg.probe_scale or probe_photon_scale(ds)
     po.initial_guess = torch.from_numpy((ds.probeGuess * (scale / N)).astype(np.complex64))[
         None, None
     ]
@@ -198,6 +201,7 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
     from ptychi.api.task import PtychographyTask
 
     device = _device(cfg.device)
+    scale = cfg.probe_scale or probe_photon_scale(ds)
     opts = _options(ds, cfg, device)
     p = BUFFER_PAD
     shape = tuple(int(n) - 2 * p for n in opts.object_options.initial_guess.shape[-2:])
@@ -205,7 +209,7 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
     with _quiet_ptychi(), PtychographyTask(opts) as task:
         _run_epochs(task, cfg)
         obj = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
-        probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / probe_photon_scale(ds))
+        probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / scale)
     seconds = time.perf_counter() - t0
     meta = {
         "arm": "PtyChi",
@@ -215,7 +219,7 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
         "n_patterns": ds.n,
         "settings": cfg.model_dump(mode="json"),
         "init_from_truth": cfg.init_from_truth,
-        "probe_photon_scale": probe_photon_scale(ds),
+        "probe_photon_scale": scale,
         "diagnostic": "init_from_truth (not a fair comparison)" if cfg.init_from_truth else None,
         "device": device,
         "versions": {"ptychi": version, "torch": torch.__version__},
