@@ -106,7 +106,6 @@ def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
     ro.random_seed = cfg.seed
     ro.allow_nondeterministic_algorithms = False
 
-    opts.data_options.data = torch.from_numpy(np.square(ds.diffraction, dtype=np.float32))
     opts.data_options.fft_shift = True
 
     H, W = ds.objectGuess.shape if ds.objectGuess is not None else _frame_shape(ds)
@@ -121,7 +120,6 @@ def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
     else:
         init = torch.ones((1, H + 2 * p, W + 2 * p), dtype=torch.complex64)
     oo = opts.object_options
-    oo.initial_guess = init
     oo.pixel_size_m = 1.0
     oo.optimizable = True
     oo.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
@@ -130,16 +128,17 @@ def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
 
     po = opts.probe_options
     scale = cfg.probe_scale or probe_photon_scale(ds)
-    po.initial_guess = torch.from_numpy((ds.probeGuess * (scale / N)).astype(np.complex64))[
-        None, None
-    ]
+    probe = torch.from_numpy((ds.probeGuess * (scale / N)).astype(np.complex64))[None, None]
     po.optimizable = cfg.refine_probe
-
-    pp = opts.probe_position_options
-    pp.position_x_px = torch.from_numpy(ds.xcoords - N / 2)
-    pp.position_y_px = torch.from_numpy(ds.ycoords - N / 2)
-    pp.optimizable = False
-    return opts
+    opts.probe_position_options.optimizable = False
+    task_data = {
+        "diffraction_data": torch.from_numpy(np.square(ds.diffraction, dtype=np.float32)),
+        "object_data": init,
+        "probe_data": probe,
+        "probe_position_x_px": torch.from_numpy(ds.xcoords - N / 2),
+        "probe_position_y_px": torch.from_numpy(ds.ycoords - N / 2),
+    }
+    return opts, task_data
 
 
 def probe_photon_scale(ds: PtychoDataset) -> float:
@@ -202,11 +201,11 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
 
     device = _device(cfg.device)
     scale = cfg.probe_scale or probe_photon_scale(ds)
-    opts = _options(ds, cfg, device)
+    opts, task_data = _options(ds, cfg, device)
     p = BUFFER_PAD
-    shape = tuple(int(n) - 2 * p for n in opts.object_options.initial_guess.shape[-2:])
+    shape = tuple(int(n) - 2 * p for n in task_data["object_data"].shape[-2:])
     t0 = time.perf_counter()
-    with _quiet_ptychi(), PtychographyTask(opts) as task:
+    with _quiet_ptychi(), PtychographyTask(opts, **task_data) as task:
         _run_epochs(task, cfg)
         obj = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
         probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / scale)
