@@ -86,6 +86,7 @@ class CompareResult:
 
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
     frc: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
@@ -178,6 +179,7 @@ def compare(
         register_on=cfg.register_on,
     )
     result.errors.update(alignment.errors)
+    result.notes.update(alignment.notes)
     for name, aligned in alignment.aligned.items():
         try:
             s = score(aligned, alignment.truth, ms_ssim_sigma_amplitude=cfg.ms_ssim_sigma)
@@ -250,7 +252,12 @@ def _json_value(x: Any) -> Any:
 
 
 def _write_json(path: Path, names: list[str], result: CompareResult) -> None:
-    doc: dict[str, Any] = {"settings": result.settings, "models": {}, "errors": result.errors}
+    doc: dict[str, Any] = {
+        "settings": result.settings,
+        "models": {},
+        "errors": result.errors,
+        "notes": result.notes,
+    }
     for name in names:
         m = result.metrics.get(name, {})
         entry: dict[str, Any] = {}
@@ -343,6 +350,8 @@ def _plot(path: Path, aligned: dict[str, np.ndarray], truth, offsets) -> None:
             ax.set_title("|pred − truth|" if name in errs else "", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
+            if name not in errs:
+                ax.axis("off")
         if errs:
             fig.colorbar(im, ax=axes[2, -1], shrink=0.8)
     with atomic_open(path, "wb") as fh:
