@@ -35,7 +35,8 @@ def noisy(truth, sigma, seed):
 
 
 def test_default_crop_size():
-    assert default_crop_size(64) == 16 and default_crop_size(128) == 32 and default_crop_size(32) == 8
+    assert default_crop_size(64) == 16 and default_crop_size(128) == 32
+    assert default_crop_size(32) == 8
 
 
 def test_truth_as_an_arm_scores_perfectly(ds, tmp_path):

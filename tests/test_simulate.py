@@ -84,3 +84,27 @@ def test_overrides_are_validated():
         simulate(SimulationConfig(**BASE), dose=-1)
     with pytest.raises(ValueError, match="at most one"):
         SimulationConfig(step_px=3, overlap=0.5)
+
+
+def test_object_and_probe_from_files(tmp_path, pair):
+    from ptychobench.data.io import save
+
+    _, clean = pair
+    save(clean, tmp_path / "src.npz")
+    save(clean, tmp_path / "src.cxi")
+    for ext in ("npz", "cxi"):
+        ds = simulate(SimulationConfig(N=32, object=str(tmp_path / f"src.{ext}"),
+                                       probe=str(tmp_path / f"src.{ext}"), scan="random",
+                                       n_positions=20, seed=1))
+        assert np.array_equal(ds.objectGuess, clean.objectGuess)
+        assert np.array_equal(ds.probeGuess, clean.probeGuess)
+    with pytest.raises(ValueError, match=r"expected shape \(64, 64\)"):
+        simulate(SimulationConfig(N=64, probe=str(tmp_path / "src.npz"), object="grf",
+                                  object_size=128, scan="random", n_positions=4))
+
+
+def test_a_file_named_like_a_generator_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grf").write_text("not an object")
+    ds = simulate(SimulationConfig(**{**BASE, "noise": "none"}))
+    assert ds.objectGuess.shape == (96, 96)

@@ -79,7 +79,10 @@ class SimulationConfig(BaseModel):
 
 
 def _is_path(name: str) -> bool:
-    return name.endswith((".npz", ".cxi", ".h5")) or "/" in name or Path(name).exists()
+    # a generator name never has an extension or a slash; a stray file called "grf" must not win
+    return not name.startswith("image:") and (
+        Path(name).suffix.lower() in (".npz", ".cxi", ".h5") or "/" in name or "\\" in name
+    )
 
 
 def resolve_probe(name: str, N: int) -> np.ndarray:
@@ -96,7 +99,7 @@ def resolve_probe(name: str, N: int) -> np.ndarray:
 
 def resolve_object(cfg: SimulationConfig) -> np.ndarray:
     """(H, W) complex64 object by generator spec or from an NPZ/CXI file."""
-    if _is_path(cfg.object) and not cfg.object.startswith("image:"):
+    if _is_path(cfg.object):
         from ptychobench.data.io import load_object
 
         return load_object(cfg.object)
