@@ -1,0 +1,331 @@
+"""Streaming inference of a trained model and stitching into the object's frame (SPEC §5.2, §5.4).
+
+Memory stays bounded: groups are processed in chunks of ``batch_size`` and accumulated into one
+(H, W) canvas (:class:`ptychobench.stitch.Stitcher`).
+
+No network ever receives absolute positions: the PINN gets group-relative offsets (zero-mean within
+each group), the baseline gets none. Absolute positions serve stitching only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptychobench.data.dataset import PtychoDataset
+from ptychobench.data.grouping import group_centres, group_offsets, make_groups
+from ptychobench.data.io import atomic_open
+from ptychobench.data.recon import Reconstruction
+from ptychobench.stitch import Stitcher
+
+__all__ = [
+    "BaselineInputs",
+    "InferenceError",
+    "check_input_shift",
+    "data_statistics",
+    "dataset_groups",
+    "infer",
+    "prepare_baseline_inference_data",
+]
+
+log = logging.getLogger(__name__)
+
+
+class InferenceError(ValueError):
+    """Inference cannot produce a trustworthy image (all-zero / non-finite, N mismatch)."""
+
+
+def data_statistics(ds: PtychoDataset) -> dict[str, Any]:
+    """What a bundle records about its training data and inference checks against (SPEC §5.2)."""
+    photons = np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1))
+    coords = ds.coords
+    return {
+        "N": ds.N,
+        "n_patterns": ds.n,
+        "mean_photons": float(photons.mean()),
+        "position_mean": [float(v) for v in coords.mean(axis=0)],
+        "position_std": [float(v) for v in coords.std(axis=0)],
+    }
+
+
+def check_input_shift(train_stats: dict[str, Any], ds: PtychoDataset, model_name: str) -> dict:
+    """Input-shift guard: N mismatch is an error, dose beyond 2× a warning, position shift info."""
+    now = data_statistics(ds)
+    N_train = int(train_stats.get("N", now["N"]))
+    if N_train != now["N"]:
+        raise InferenceError(
+            f"{model_name}: expected diffraction patterns of N={N_train} (training data), found "
+            f"N={now['N']}"
+        )
+    report: dict[str, Any] = {"train": train_stats, "inference": now, "warnings": []}
+    d_train = train_stats.get("mean_photons")
+    if d_train:
+        ratio = now["mean_photons"] / d_train
+        if ratio > 2 or ratio < 0.5:
+            msg = (
+                f"{model_name}: dose mismatch: trained at {d_train:.4g} photons/pattern, "
+                f"applied to {now['mean_photons']:.4g} photons/pattern ({ratio:.2g}×)"
+            )
+            log.warning(msg)
+            report["warnings"].append(msg)
+    if "position_mean" in train_stats:
+        shift = np.subtract(now["position_mean"], train_stats["position_mean"])
+        log.info(
+            "%s: positions shifted by (%.1f, %.1f) px from the training data (mean (%.1f, %.1f) "
+            "-> (%.1f, %.1f)); networks see relative offsets only",
+            model_name,
+            *shift,
+            *train_stats["position_mean"],
+            *now["position_mean"],
+        )
+        report["position_shift"] = [float(v) for v in shift]
+    return report
+
+
+def dataset_groups(ds: PtychoDataset, gridsize: int, neighbor_count: int = 4, seed: int = 0):
+    """(G, C) groups of ``ds``: its own view groups, else one per pattern (gs1) or KNN (gs2)."""
+    C = gridsize * gridsize
+    if ds.groups is not None and ds.groups.shape[1] == C:
+        return ds.groups
+    if gridsize == 1:
+        return np.arange(ds.n, dtype=np.int64)[:, None]
+    return make_groups(ds.coords, 2, neighbor_count=neighbor_count, seed=seed)
+
+
+@dataclasses.dataclass
+class BaselineInputs:
+    """Baseline inputs flattened from groups: patterns and each pattern's own positions.
+
+    patterns : (P, 1, N, N) float32 with P = G·C
+    positions : (P, 2) float64 true scan positions (x, y)
+    centred : (P, 2) float64 positions minus one scalar mean over x and y (the reference fix)
+    centre : float, the scalar removed (add it back to land in the object frame)
+    stats : dict of original and centred mean/std
+    """
+
+    patterns: np.ndarray
+    positions: np.ndarray
+    centred: np.ndarray
+    centre: float
+    stats: dict[str, Any]
+
+
+def prepare_baseline_inference_data(
+    diffraction: np.ndarray, positions: np.ndarray
+) -> BaselineInputs:
+    """Flatten (G, C, N, N) groups into (G·C, 1, N, N) single patterns for the baseline.
+
+    Parameters
+    ----------
+    diffraction : (G, C, N, N) float32 amplitudes; C must be a perfect square (1, 4, 9, ...)
+    positions : (G, C, 2) float64 each member's own scan position (x, y) — the true position,
+        not a reflection through the group centre.
+    """
+    diffraction = np.asarray(diffraction)
+    positions = np.asarray(positions, dtype=np.float64)
+    if diffraction.ndim != 4:
+        raise ValueError(
+            f"baseline inputs: expected diffraction (G, C, N, N), found shape {diffraction.shape}"
+        )
+    G, C = diffraction.shape[:2]
+    g = math.isqrt(C)
+    if g * g != C:
+        raise ValueError(
+            f"baseline inputs: {C} channels is not a square gridsize (expected 1, 4, 9, ...)"
+        )
+    if positions.shape != (G, C, 2):
+        raise ValueError(f"baseline positions: expected ({G}, {C}, 2), found {positions.shape}")
+    patterns = diffraction.reshape(G * C, 1, *diffraction.shape[2:])
+    flat = positions.reshape(G * C, 2)
+    centre = float(flat.mean())
+    centred = flat - centre
+    stats = {
+        "positions_mean": [float(v) for v in flat.mean(axis=0)],
+        "positions_std": [float(v) for v in flat.std(axis=0)],
+        "centred_mean": [float(v) for v in centred.mean(axis=0)],
+        "centred_std": [float(v) for v in centred.std(axis=0)],
+        "centre_scalar": centre,
+    }
+    log.info(
+        "baseline positions: original mean (%.1f, %.1f) std (%.1f, %.1f); centred mean "
+        "(%.1f, %.1f) std (%.1f, %.1f)",
+        *stats["positions_mean"],
+        *stats["positions_std"],
+        *stats["centred_mean"],
+        *stats["centred_std"],
+    )
+    return BaselineInputs(patterns, flat, centred, centre, stats)
+
+
+def _describe(a: np.ndarray) -> dict[str, Any]:
+    a = np.asarray(a)
+    finite = a[np.isfinite(a)] if a.size else a
+    return {
+        "shape": list(a.shape),
+        "mean": float(finite.mean()) if finite.size else None,
+        "std": float(finite.std()) if finite.size else None,
+        "min": float(finite.min()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
+        "nonzero": int(np.count_nonzero(a)),
+    }
+
+
+def _frame_shape(ds: PtychoDataset) -> tuple[int, int]:
+    if ds.objectGuess is not None:
+        return tuple(ds.objectGuess.shape)
+    N = ds.N
+    return (
+        int(math.ceil(ds.ycoords.max() + N / 2)) + 1,
+        int(math.ceil(ds.xcoords.max() + N / 2)) + 1,
+    )
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def infer(
+    model: torch.nn.Module,
+    ds: PtychoDataset,
+    *,
+    train_stats: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    crop_size_M: int | None = None,
+    data_source: str = "dataset",
+    arm: str | None = None,
+    debug_limit: int | None = None,
+    debug_dir: str | Path | None = None,
+    neighbor_count: int = 4,
+) -> Reconstruction:
+    """Run ``model`` over ``ds`` in chunks and stitch its patches into the object's pixel frame.
+
+    Parameters
+    ----------
+    model : a PtychoPINN or Baseline (``model.kind``, ``model.config``, ``model.predict``)
+    ds : PtychoDataset (groups from its view, else built for the model's gridsize)
+    train_stats : the bundle's training-data statistics, for the input-shift guard
+    batch_size : groups per chunk (memory is bounded by the chunk and the canvas)
+    crop_size_M : stitching crop (default N/4 rounded to even)
+    debug_limit : baseline only — run on the first K flattened patterns
+    debug_dir : baseline only — write ``baseline_debug.npz`` and ``baseline_debug_stats.json``
+
+    Returns
+    -------
+    Reconstruction; raises :class:`InferenceError` for an all-zero or non-finite image (after the
+    debug artifacts are written).
+    """
+    kind = model.kind
+    name = arm or ("PtychoPINN" if kind == "pinn" else "Baseline")
+    N = ds.N
+    if train_stats is not None:
+        guard = check_input_shift(train_stats, ds, name)
+    else:
+        guard = {"inference": data_statistics(ds)}
+    M = crop_size_M if crop_size_M is not None else max(2, 2 * round(N / 8))
+    shape = _frame_shape(ds)
+    dev = _resolve_device(device)
+    model = model.to(dev).eval()
+    gridsize = 1 if kind == "baseline" else int(model.config.gridsize)
+    groups = dataset_groups(ds, gridsize, neighbor_count=neighbor_count)
+    coords = ds.coords
+    t0 = time.perf_counter()
+    debug: dict[str, Any] = {}
+    if kind == "baseline":
+        members = groups.reshape(-1)
+        if debug_limit is not None:
+            members = members[: int(debug_limit)]
+        inputs = prepare_baseline_inference_data(
+            ds.diffraction[members][:, None], coords[members][:, None, :]
+        )
+        stitcher = Stitcher(shape, N, M, origin=(inputs.centre, inputs.centre))
+        outs = []
+        for start in range(0, len(members), batch_size):
+            x = torch.from_numpy(inputs.patterns[start : start + batch_size]).to(dev)
+            zeros = torch.zeros((x.shape[0], 1, 2), dtype=torch.float32, device=dev)
+            patches = model.predict(x, zeros)
+            stitcher.add(patches.cpu(), inputs.centred[start : start + batch_size])
+            if debug_dir is not None:
+                outs.append(patches.cpu().numpy())
+        n_used = len(members)
+        debug = {"inputs": inputs, "outputs": np.concatenate(outs) if outs else None}
+    else:
+        centres = group_centres(coords, groups)
+        offsets = group_offsets(coords, groups).astype(np.float32)
+        stitcher = Stitcher(shape, N, M)
+        for start in range(0, len(groups), batch_size):
+            g = groups[start : start + batch_size]
+            x = torch.from_numpy(ds.diffraction[g]).to(dev)
+            off = torch.from_numpy(offsets[start : start + batch_size]).to(dev)
+            patches = model.predict(x, off)
+            stitcher.add(patches.cpu(), centres[start : start + batch_size])
+        n_used = int(groups.size)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    image, coverage = stitcher.result()
+    meta = {
+        "arm": name,
+        "kind": kind,
+        "gridsize": gridsize,
+        "seconds": seconds,
+        "n_patterns": n_used,
+        "n_groups": int(len(groups)),
+        "crop_size_M": M,
+        "device": str(dev),
+        "data": data_source,
+        "input_guard": guard,
+        "debug_limited": debug_limit is not None,
+        "versions": {"torch": torch.__version__},
+    }
+    if kind == "baseline" and debug_dir is not None:
+        _write_baseline_debug(Path(debug_dir), debug, image, seconds)
+    if not np.isfinite(image).all() or not np.any(image):
+        what = "non-finite" if not np.isfinite(image).all() else "all zeros"
+        stats = guard.get("inference", {})
+        raise InferenceError(
+            f"{name}: stitched output is {what} (model {kind} gs{gridsize}, data {data_source}, "
+            f"{n_used} patterns, mean photons {stats.get('mean_photons', float('nan')):.4g}, "
+            f"positions mean {stats.get('position_mean')})"
+        )
+    return Reconstruction(image, coverage, meta)
+
+
+def _write_baseline_debug(
+    d: Path, debug: dict[str, Any], image: np.ndarray, seconds: float
+) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    inputs: BaselineInputs = debug["inputs"]
+    outputs = debug["outputs"]
+    arrays = {
+        "inputs": inputs.patterns,
+        "positions_raw": inputs.positions,
+        "positions_centred": inputs.centred,
+        "outputs": outputs if outputs is not None else np.zeros((0,), np.complex64),
+        "stitched": image,
+    }
+    with atomic_open(d / "baseline_debug.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    out = outputs if outputs is not None else np.zeros((0,), np.complex64)
+    stats = {
+        "input": _describe(inputs.patterns),
+        "offsets_raw": _describe(inputs.positions),
+        "offsets_centred": _describe(inputs.centred),
+        "output_amplitude": _describe(np.abs(out)),
+        "output_phase": _describe(np.angle(out)),
+        "position_stats": inputs.stats,
+        "inference_seconds": seconds,
+    }
+    with atomic_open(d / "baseline_debug_stats.json", "w") as fh:
+        json.dump(stats, fh, indent=2, sort_keys=True)
