@@ -107,6 +107,7 @@ def compare(
     out_dir: str | os.PathLike[str],
     settings: CompareSettings | None = None,
     data_source: str = "dataset",
+    region_coords: np.ndarray | None = None,
 ) -> CompareResult:
     """Align, score and write the comparison of ``arms`` against ``ds.objectGuess``.
 
@@ -117,6 +118,9 @@ def compare(
     arms : dict name -> Reconstruction, or the exception that prevented loading/running it
     out_dir : directory, created if needed
     settings : CompareSettings
+    region_coords : (n, 2) positions that define the scored region instead of ``ds.coords`` — a
+        debug-limited arm covers only its own patterns, so every arm is scored there
+        (``settings["debug_limited"]`` is then True)
 
     Returns
     -------
@@ -143,6 +147,7 @@ def compare(
         "register_on": cfg.register_on,
         "data": data_source,
         "n_patterns": ds.n,
+        "debug_limited": region_coords is not None,
     }
     images: dict[str, np.ndarray] = {}
     for name, rec in arms.items():
@@ -171,7 +176,7 @@ def compare(
     alignment = align_arms(
         images,
         truth,
-        ds.coords,
+        ds.coords if region_coords is None else np.asarray(region_coords, np.float64),
         crop_size_M=M,
         border=cfg.border,
         registration=cfg.registration,
@@ -201,6 +206,8 @@ def compare(
         )
         s["computation_time_s"] = meta.get("seconds", 0.0 if name == "Flat" else None)
         s["n_patterns"] = meta.get("n_patterns", ds.n)
+        if meta.get("debug_limited"):
+            s["debug_limited"] = True
         result.metrics[name] = s
         result.frc[name] = {"frequency": fa.frequency, "amplitude": fa.curve, "phase": fp.curve}
     result.settings["region"] = [
@@ -239,6 +246,8 @@ def _write_csv(path: Path, names: list[str], result: CompareResult) -> None:
             w.writerow([name, metric, _fmt(a), _fmt(p), ""])
         for metric in SCALAR_ROWS:
             w.writerow([name, metric, "", "", _fmt(m.get(metric))])
+        if m.get("debug_limited"):
+            w.writerow([name, "debug_limited", "", "", "1"])
         if name in result.errors:
             w.writerow([name, "error", "", "", result.errors[name].replace("\n", " ")])
     with atomic_open(path, "w") as fh:
@@ -266,6 +275,8 @@ def _write_json(path: Path, names: list[str], result: CompareResult) -> None:
             entry[metric] = {"amplitude": _json_value(a), "phase": _json_value(p)}
         for metric in SCALAR_ROWS:
             entry[metric] = _json_value(m.get(metric))
+        if m.get("debug_limited"):
+            entry["debug_limited"] = True
         if name in result.errors:
             entry["error"] = result.errors[name]
         doc["models"][name] = entry
