@@ -343,6 +343,122 @@ def reconstruct(
     _run(go)
 
 
+# ------------------------------------------------------------------------------------------ train
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training dataset or view (.npz/.cxi).")],
+    model: Annotated[str, typer.Option("--model", help="pinn | baseline.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory.")],
+    gridsize: Annotated[int, typer.Option("--gridsize", help="PINN group size: 1 or 2.")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Groups per step.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of init, split and data order.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    n_filters_scale: Annotated[
+        float, typer.Option("--n-filters-scale", help="Width factor s (filters 32s/64s/128s).")
+    ] = 1.0,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Held-out fraction of groups.")
+    ] = 0.05,
+    loss: Annotated[str, typer.Option("--loss", help="PINN loss: poisson | mae.")] = "poisson",
+    neighbor_count: Annotated[
+        int, typer.Option("--neighbor-count", help="K for gs2 groups when DATA has none.")
+    ] = 4,
+) -> None:
+    """Train PtychoPINN (unsupervised, Poisson NLL) or the supervised Baseline; writes a bundle.
+
+    Example: ptychobench train train.npz --model pinn --gridsize 2 --out models/pinn --epochs 30
+    """
+
+    def go():
+        from ptychobench.data.io import load
+        from ptychobench.fit import fit
+        from ptychobench.train import TrainConfig
+
+        if model not in ("pinn", "baseline"):
+            raise CLIError(f"--model: expected 'pinn' or 'baseline', found {model!r}")
+        if gridsize not in (1, 2):
+            raise CLIError(f"--gridsize: expected 1 or 2, found {gridsize}")
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            val_fraction=val_fraction,
+        )
+        ds = load(data)
+        result = fit(
+            ds,
+            model,
+            out,
+            gridsize=gridsize,
+            train_config=cfg,
+            n_filters_scale=n_filters_scale,
+            loss=loss,
+            neighbor_count=neighbor_count,
+            resume=resume,
+            data_source=str(data),
+        )
+        if result.interrupted:
+            typer.echo(f"interrupted: checkpoint and bundle of the last epoch in {out}", err=True)
+            raise typer.Exit(code=130)
+        last = result.history[-1] if result.history else {}
+        typer.echo(
+            f"wrote {out}: {result.epochs_run} epochs, train loss {last.get('train_loss', 0):.4g}, "
+            f"{result.patterns_per_s:.0f} patterns/s"
+        )
+
+    _run(go)
+
+
+# ------------------------------------------------------------------------------------------ infer
+@app.command()
+def infer(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
+    data: Annotated[Path, typer.Argument(help="Dataset to reconstruct.")],
+    out: Annotated[Path, typer.Option("--out", help="Reconstruction NPZ.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Groups per chunk.")] = 256,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    stitch_crop_size: Annotated[
+        int | None, typer.Option("--stitch-crop-size", help="Stitch crop M [default N/4].")
+    ] = None,
+) -> None:
+    """Streaming inference and stitching into the object's pixel frame.
+
+    Example: ptychobench infer models/pinn test.npz --out pinn_test.npz
+    """
+
+    def go():
+        from ptychobench.data.io import load
+        from ptychobench.data.recon import write_reconstruction
+        from ptychobench.infer import infer as run_infer
+        from ptychobench.models.bundle import load_bundle
+
+        if out.suffix.lower() != ".npz":
+            raise CLIError(f"{out}: expected an output file ending in .npz, found {out.suffix!r}")
+        net, config = load_bundle(bundle)
+        ds = load(data)
+        rec = run_infer(
+            net,
+            ds,
+            train_stats=config.get("data"),
+            batch_size=batch_size,
+            device=device,
+            crop_size_M=stitch_crop_size,
+            data_source=str(data),
+        )
+        rec.metadata["bundle"] = str(bundle)
+        write_reconstruction(rec, out)
+        typer.echo(
+            f"wrote {out}: {rec.metadata['n_patterns']} patterns in {rec.metadata['seconds']:.2f} s"
+        )
+
+    _run(go)
+
+
 # ---------------------------------------------------------------------------------------- compare
 @app.command()
 def compare(
@@ -373,8 +489,19 @@ def compare(
     no_floor: Annotated[
         bool, typer.Option("--no-floor", help="Skip the Flat (constant object) floor arm.")
     ] = False,
+    baseline_debug_limit: Annotated[
+        int | None,
+        typer.Option("--baseline-debug-limit", help="Baseline on the first K patterns only."),
+    ] = None,
+    baseline_debug_dir: Annotated[
+        Path | None,
+        typer.Option("--baseline-debug-dir", help="Write baseline_debug.npz and stats here."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="Inference device for bundles.")] = "auto",
 ) -> None:
     """Align every arm identically to the truth, score it, write the comparison bundle.
+
+    An arm is a reconstruction NPZ or a model bundle directory (inference runs on DATA).
 
     Example: ptychobench compare d.npz --out-dir cmp --iterative recon.npz
     """
@@ -408,8 +535,22 @@ def compare(
                 "compare: expected at least one arm (--iterative/--pinn/--baseline/--arm)"
             )
         shape = None if ds.objectGuess is None else ds.objectGuess.shape
-        arms = {name: read_reconstruction(path, shape) for name, path in paths.items()}
-        result = run_compare(ds, arms, out_dir, settings, data_source=str(data))
+        if baseline_debug_limit is not None and baseline_debug_limit < 1:
+            raise CLIError(f"--baseline-debug-limit: expected >= 1, found {baseline_debug_limit}")
+        arms: dict = {}
+        region = None
+        for name, path in paths.items():
+            if path.is_dir():
+                arms[name], used = _bundle_arm(
+                    name, path, ds, data, settings, device, baseline_debug_limit, baseline_debug_dir
+                )
+                if used is not None:
+                    region = used
+            else:
+                arms[name] = read_reconstruction(path, shape)
+        result = run_compare(
+            ds, arms, out_dir, settings, data_source=str(data), region_coords=region
+        )
         for name, m in result.metrics.items():
             typer.echo(
                 f"{name:>11}: phase ssim {m['ssim'][1]:.3f}  amplitude ssim {m['ssim'][0]:.3f}  "
@@ -422,6 +563,36 @@ def compare(
         typer.echo(f"wrote {out_dir}")
 
     _run(go)
+
+
+def _bundle_arm(name, path, ds, data, settings, device, debug_limit, debug_dir):
+    """Run a bundle on DATA for compare; (Reconstruction | InferenceError, region coords | None)."""
+    from ptychobench.infer import InferenceError, dataset_groups
+    from ptychobench.infer import infer as run_infer
+    from ptychobench.models.bundle import load_bundle
+
+    net, config = load_bundle(path)
+    is_baseline = net.kind == "baseline"
+    limit = debug_limit if is_baseline else None
+    try:
+        rec = run_infer(
+            net,
+            ds,
+            train_stats=config.get("data"),
+            device=device,
+            crop_size_M=settings.validate(ds.N),
+            data_source=str(data),
+            arm=name,
+            debug_limit=limit,
+            debug_dir=debug_dir if is_baseline else None,
+        )
+    except InferenceError as exc:
+        return exc, None
+    region = None
+    if limit is not None:
+        members = dataset_groups(ds, 1).reshape(-1)[:limit]
+        region = ds.coords[members]
+    return rec, region
 
 
 # ---------------------------------------------------------------------------------------- convert
