@@ -263,6 +263,7 @@ def infer(
     else:
         centres = group_centres(coords, groups)
         offsets = group_offsets(coords, groups).astype(np.float32)
+        model = _fit_canvas(model, offsets, dev)
         stitcher = Stitcher(shape, N, M)
         for start in range(0, len(groups), batch_size):
             g = groups[start : start + batch_size]
@@ -300,6 +301,22 @@ def infer(
             f"positions mean {stats.get('position_mean')})"
         )
     return Reconstruction(image, coverage, meta)
+
+
+def _fit_canvas(model: torch.nn.Module, offsets: np.ndarray, dev: torch.device) -> torch.nn.Module:
+    """A PINN whose gs2 canvas holds these offsets (the pad does not change the weights)."""
+    pad = int(getattr(model.config, "canvas_pad", 0))
+    need = int(math.ceil(float(np.abs(offsets).max()))) if offsets.size else 0
+    if model.config.gridsize == 1 or need <= pad:
+        return model
+    from ptychobench.models import build_model
+
+    log.info("PINN: test groups need canvas_pad %d > %d; rebuilding the canvas", need + 2, pad)
+    cfg = model.config.model_dump(mode="json") | {"canvas_pad": need + 2}
+    state = model.state_dict()
+    bigger = build_model(cfg, state["probe"].detach().cpu())
+    bigger.load_state_dict(state)
+    return bigger.to(dev).eval()
 
 
 def _write_baseline_debug(
