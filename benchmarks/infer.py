@@ -1,0 +1,136 @@
+"""Inference throughput and memory; PINN inference vs a pty-chi reconstruction of the same data.
+
+Prints JSON lines:
+* ``infer``: patterns/s of streaming inference (PINN gs1/gs2, Baseline) at N=64 and 128;
+* ``infer_memory``: peak RSS growth of streaming inference at n = 1e3, 1e4, 1e5 patterns (each in
+  a fresh subprocess; the dataset is synthetic, so the numbers isolate the inference path);
+* ``infer_vs_ptychi``: wall-clock ratio of a 100-epoch pty-chi LSQML reconstruction to PINN
+  inference on the same patterns, same machine, one run.
+
+Usage: python benchmarks/infer.py [--what speed,memory,ratio] [--scale 0.5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def _model(kind, N, gridsize, scale, probe):
+    from ptychobench.models import build_model
+
+    cfg = {"kind": kind, "N": N, "gridsize": gridsize, "n_filters_scale": scale,
+           "canvas_pad": 16}
+    torch.manual_seed(0)
+    return build_model(cfg, torch.from_numpy(probe))
+
+
+def _synthetic(n, N, seed=0):
+    """A dataset of n random patterns on a 1024² frame (no simulation cost)."""
+    from ptychobench.data.dataset import PtychoDataset
+    from ptychobench.physics.probes import make_probe
+
+    rng = np.random.default_rng(seed)
+    return PtychoDataset(
+        diffraction=rng.random((n, N, N), dtype=np.float32),
+        probeGuess=make_probe("fly64", N),
+        xcoords=rng.uniform(N, 1024 - N, n), ycoords=rng.uniform(N, 1024 - N, n),
+        metadata={},
+    )
+
+
+def speed(args):
+    from ptychobench.infer import infer
+
+    for N in (64, 128):
+        ds = _synthetic(2048, N)
+        for kind, g in (("pinn", 1), ("pinn", 2), ("baseline", 1)):
+            m = _model(kind, N, g, args.scale, ds.probeGuess)
+            infer(m, ds.select(np.arange(64)), device=args.device)  # warm-up
+            rec = infer(m, ds, device=args.device, batch_size=256)
+            print(json.dumps({
+                "benchmark": "infer", "kind": kind, "gridsize": g, "N": N,
+                "n_filters_scale": args.scale, "device": args.device, "n_patterns": ds.n,
+                "seconds": round(rec.metadata["seconds"], 3),
+                "patterns_per_s": round(ds.n / rec.metadata["seconds"], 1),
+                "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "machine": platform.machine(),
+            }), flush=True)
+
+
+def memory_child(n, scale):
+    from ptychobench.infer import infer
+
+    ds = _synthetic(n, 64)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    m = _model("pinn", 64, 1, scale, ds.probeGuess)
+    infer(m, ds, device="cpu", batch_size=256)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "benchmark": "infer_memory", "n_patterns": n, "N": 64,
+        "dataset_mib": round(ds.diffraction.nbytes / 2**20, 1),
+        "peak_rss_growth_mib": round((after - before) / 1024, 1),
+        "peak_rss_mib": round(after / 1024, 1),
+    }), flush=True)
+
+
+def memory(args):
+    for n in (1_000, 10_000, 100_000):
+        subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--scale",
+                        str(args.scale)], check=True)
+
+
+def ratio(args):
+    from ptychobench.data.split import split
+    from ptychobench.fit import fit
+    from ptychobench.infer import infer
+    from ptychobench.iterative import IterativeConfig, reconstruct
+    from ptychobench.models.bundle import load_bundle
+    from ptychobench.simulate import SimulationConfig, simulate
+
+    ds = simulate(SimulationConfig(N=64, object="image:camera+astronaut", object_size=256,
+                                   overlap=0.7, dose=1e4, seed=0))
+    train, test = split(ds)
+    with tempfile.TemporaryDirectory() as d:
+        fit(train, "pinn", d, train_config={"epochs": 1, "val_fraction": 0.0},
+            n_filters_scale=args.scale, progress=False)
+        m, cfg = load_bundle(d)
+        infer(m, test.select(np.arange(32)), device=args.device)  # warm-up
+        t0 = time.perf_counter()
+        infer(m, test, device=args.device)
+        t_pinn = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reconstruct(test, IterativeConfig(epochs=100, device=args.device, progress=False))
+    t_ptychi = time.perf_counter() - t0
+    print(json.dumps({
+        "benchmark": "infer_vs_ptychi", "n_patterns": test.n, "n_filters_scale": args.scale,
+        "device": args.device, "pinn_seconds": round(t_pinn, 3),
+        "ptychi_100_epochs_seconds": round(t_ptychi, 2), "ratio": round(t_ptychi / t_pinn, 1),
+    }), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--what", default="speed,memory,ratio")
+    ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--memory-child", type=int, default=None)
+    args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.scale)
+        return
+    for what in args.what.split(","):
+        {"speed": speed, "memory": memory, "ratio": ratio}[what](args)
+
+
+if __name__ == "__main__":
+    main()
