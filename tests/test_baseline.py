@@ -184,3 +184,20 @@ def test_parameter_and_flop_counts(capsys):
     assert by_s[1.0][0] == 1_154_210  # reference PtychoNN-style baseline: ≈1.15 M at s = 1
     assert by_s[2.0][0] == 4_612_418  # reference: ≈4.61 M at s = 2
     assert by_s[1.0][1] == pytest.approx(0.611057664e9)
+
+
+def test_input_statistics_standardise_the_training_inputs():
+    from ptychobench.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model({"kind": "baseline", "N": 16, "n_filters_scale": 0.25, "input_scale": 2.0})
+    d = torch.rand(200, 1, 16, 16) * torch.linspace(0.1, 3, 16)
+    m.set_input_statistics(d)
+    x = (d[:, 0] * 2.0 - m.input_mean) / m.input_std
+    assert torch.allclose(x.mean(0), torch.zeros(16, 16), atol=1e-4)
+    assert torch.allclose(x.std(0), torch.ones(16, 16), atol=1e-3)
+    state = m.state_dict()
+    assert "input_mean" in state and "input_std" in state  # travels in the bundle
+    m2 = build_model(m.config.model_dump(mode="json"))
+    m2.load_state_dict(state)
+    assert torch.equal(m2.input_std, m.input_std)

@@ -125,6 +125,8 @@ def fit(
     )
     probe = torch.from_numpy(ds.probeGuess.astype(np.complex64))
     model = seeded_build(lambda: build_model(mcfg, probe), cfg.seed)
+    if hasattr(model, "set_input_statistics"):
+        model.set_input_statistics(torch.from_numpy(arrays["diffraction"]))
     stats = data_statistics(ds)
     extra = {**stats, "source": data_source, "train_gridsize": g}
     return train(model, arrays, cfg, out_dir, resume=resume, extra_config=extra, progress=progress)

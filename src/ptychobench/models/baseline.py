@@ -132,7 +132,31 @@ class Baseline(nn.Module):
         self.encoder = Encoder(1, (w1, w2, w3))
         self.decoder_amplitude = Decoder(w3, (w3, w2, w1), 1)
         self.decoder_phase = Decoder(w3, (w3, w2, w1), 1)
+        # per-pixel standardisation of the (scaled) input, set from the training data by
+        # set_input_statistics; the identity until then. Most photons sit in the bright-field
+        # disk, so without it the weak scattered signal that carries the object is drowned out
+        # and training stalls at the mean patch.
+        N = config.N
+        self.register_buffer("input_mean", torch.zeros(N, N))
+        self.register_buffer("input_std", torch.ones(N, N))
         init_weights(self)
+
+    @torch.no_grad()
+    def set_input_statistics(self, diffraction: torch.Tensor) -> None:
+        """Per-pixel mean and std of ``diffraction · input_scale`` over training patterns.
+
+        Parameters
+        ----------
+        diffraction : torch.Tensor
+            (P, N, N) or (B, C, N, N) training amplitudes.
+        """
+        x = diffraction.reshape(-1, self.config.N, self.config.N).double()
+        x = x * self.config.input_scale
+        std = x.std(dim=0)
+        # a floor keeps dark pixels (no photons ever) from being amplified to noise
+        floor = 1e-2 * float(std.max()) if float(std.max()) > 0 else 1.0
+        self.input_mean.copy_(x.mean(dim=0).float())
+        self.input_std.copy_(std.clamp(min=floor).float())
 
     def forward(
         self, diffraction: torch.Tensor, offsets: torch.Tensor | None = None
@@ -154,6 +178,7 @@ class Baseline(nn.Module):
             (B·C, N, N) float32 in (−π, π).
         """
         x = flatten_patterns(diffraction, self.config.N) * self.config.input_scale
+        x = (x - self.input_mean) / self.input_std
         z = self.encoder(x)
         amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
         phase = math.pi * torch.tanh(self.decoder_phase(z).float())
