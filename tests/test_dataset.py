@@ -252,3 +252,11 @@ def test_validate_does_not_modify() -> None:
     validate(ds)
     assert np.array_equal(ds.diffraction, before.diffraction)
     assert ds.metadata == before.metadata
+
+
+def test_photons_per_pattern_chunked_equals_direct():
+    from ptychobench.data.dataset import photons_per_pattern
+
+    d = np.random.default_rng(0).random((37, 8, 8)).astype(np.float32)
+    direct = np.square(d, dtype=np.float64).sum(axis=(-2, -1))
+    assert np.allclose(photons_per_pattern(d, chunk=5), direct, rtol=1e-12)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ptychobench.data.dataset import DatasetError, PtychoDataset
+from ptychobench.data.dataset import DatasetError, PtychoDataset, photons_per_pattern
 from ptychobench.data.grouping import group_offsets
 from ptychobench.infer import data_statistics, dataset_groups
 from ptychobench.models import build_model
@@ -67,7 +67,7 @@ def model_config_for(
     the measured mean photons per pattern.
     """
     N = ds.N
-    photons = float(np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1)).mean())
+    photons = float(photons_per_pattern(ds.diffraction).mean())
     if not photons > 0:
         raise DatasetError(f"diffraction: expected photons > 0, found mean {photons}")
     window = np.zeros((N, N), dtype=bool)

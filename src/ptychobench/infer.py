@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptychobench.data.dataset import PtychoDataset
+from ptychobench.data.dataset import PtychoDataset, photons_per_pattern
 from ptychobench.data.grouping import group_centres, group_offsets, make_groups
 from ptychobench.data.io import atomic_open
 from ptychobench.data.recon import Reconstruction
@@ -45,7 +45,7 @@ class InferenceError(ValueError):
 
 def data_statistics(ds: PtychoDataset) -> dict[str, Any]:
     """What a bundle records about its training data and inference checks against (SPEC §5.2)."""
-    photons = np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1))
+    photons = photons_per_pattern(ds.diffraction)
     coords = ds.coords
     return {
         "N": ds.N,

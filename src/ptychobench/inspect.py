@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychobench.data.dataset import PtychoDataset
+from ptychobench.data.dataset import PtychoDataset, photons_per_pattern
 
 __all__ = ["summarize", "write_figure"]
 
@@ -19,7 +19,7 @@ def summarize(ds: PtychoDataset, neighbor_count: int = 4) -> dict[str, Any]:
     from ptychobench.data.overlap import overlap_report
     from ptychobench.physics.probes import probe_info
 
-    photons = np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1))
+    photons = photons_per_pattern(ds.diffraction)
     info = probe_info(ds.probeGuess)
     meta = ds.metadata
     summary: dict[str, Any] = {

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ptychobench.data.dataset import DatasetError, PtychoDataset
+from ptychobench.data.dataset import DatasetError, PtychoDataset, photons_per_pattern
 from ptychobench.data.recon import Reconstruction
 
 __all__ = ["IterativeConfig", "reconstruct", "ptychi_available", "illumination_coverage"]
@@ -148,7 +148,7 @@ def probe_photon_scale(ds: PtychoDataset) -> float:
     photons per pattern then equal the measured ones. (A simulated dataset's own ``scale`` also
     absorbs the object's mean transmission, which a solver cannot know.)
     """
-    photons = float(np.square(ds.diffraction, dtype=np.float64).sum(axis=(-2, -1)).mean())
+    photons = float(photons_per_pattern(ds.diffraction).mean())
     probe_energy = float(np.square(np.abs(ds.probeGuess), dtype=np.float64).sum())
     if not (photons > 0 and probe_energy > 0):
         raise DatasetError(

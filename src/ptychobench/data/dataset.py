@@ -382,3 +382,18 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
         raise DatasetError(
             _msg(source, "metadata.transformations", "a list", type(transformations).__name__)
         )
+
+
+def photons_per_pattern(diffraction: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """(n,) float64 total photons Σ amplitude² of each pattern, computed in chunks.
+
+    Chunking keeps the float64 temporaries bounded, so statistics of a large (n, N, N) stack
+    never double its memory.
+    """
+    n = diffraction.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, chunk):
+        block = np.asarray(diffraction[start : start + chunk], dtype=np.float64)
+        out[start : start + chunk] = np.einsum("nij,nij->n", block, block)
+    return out
+
