@@ -150,6 +150,22 @@ def simulate(
     _run(go)
 
 
+def _publish_together(*writes) -> None:
+    """Run ``(write, path)`` pairs in order; if one fails, remove the outputs already written.
+
+    Each write is atomic on its own; this makes a command's set of outputs all-or-nothing.
+    """
+    done: list[Path] = []
+    try:
+        for write, path in writes:
+            write(path)
+            done.append(path)
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def _check_writable_suffix(path: Path) -> None:
     if path.suffix.lower() not in (".npz", ".cxi"):
         raise CLIError(
@@ -219,12 +235,9 @@ def split(
         out_dir.mkdir(parents=True, exist_ok=True)
         out_train = out_dir / f"{path.stem}_train{suffix}"
         out_test = out_dir / f"{path.stem}_test{suffix}"
-        save(train, out_train)
-        try:
-            save(test, out_test)
-        except BaseException:
-            out_train.unlink(missing_ok=True)
-            raise
+        _publish_together(
+            (lambda p: save(train, p), out_train), (lambda p: save(test, p), out_test)
+        )
         typer.echo(f"wrote {out_train} ({train.n} patterns) and {out_test} ({test.n} patterns)")
 
     _run(go)
@@ -274,12 +287,9 @@ def view(
         D = probe_info(v.probeGuess).effective_diameter_px
         report = overlap_report(v, D, neighbor_count=neighbor_count)
         overlap_path = out.with_name(out.name + ".overlap.json")
-        save(v, out)
-        try:
-            write_overlap_json(report, overlap_path)
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
+        _publish_together(
+            (lambda p: save(v, p), out), (lambda p: write_overlap_json(report, p), overlap_path)
+        )
         typer.echo(f"wrote {out} ({v.n} patterns, {len(v.groups)} groups) and {overlap_path}")
 
     _run(go)
