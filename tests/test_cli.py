@@ -306,3 +306,15 @@ def test_console_script_help_shows_defaults_and_example():
         assert "Example: ptychobench " + sub in " ".join(r.stdout.split())
     r = subprocess.run([*cmd, "simulate", "--help"], capture_output=True, text=True, timeout=120)
     assert "default: 64" in r.stdout
+
+
+def test_view_is_all_or_nothing_when_the_second_output_fails(small_dataset, tmp_path, monkeypatch):
+    import ptychobench.data.overlap as overlap
+
+    def boom(report, path):
+        raise OSError(f"{path}: disk full (test)")
+
+    monkeypatch.setattr(overlap, "write_overlap_json", boom)
+    r = invoke("view", small_dataset, "--out", tmp_path / "v.npz", "--gridsize", "1")
+    assert r.exit_code == 2 and "disk full" in r.stderr
+    assert dir_listing(tmp_path) == []
