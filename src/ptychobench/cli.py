@@ -204,8 +204,9 @@ def inspect(
         if json_out:
             typer.echo(json.dumps(summary, indent=2, sort_keys=True))
         else:
+            width = max(len(k) for k in summary)
             for key, value in summary.items():
-                typer.echo(f"{key:>24}: {value}")
+                typer.echo(f"{key:>{width}}: {value}")
 
     _run(go)
 
