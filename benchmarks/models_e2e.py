@@ -28,10 +28,10 @@ from ptychobench.simulate import SimulationConfig, simulate
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--doses", default="1e3,1e4,1e5")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--object-size", type=int, default=256)
+    ap.add_argument("--object-size", type=int, default=512)
     ap.add_argument("--ptychi-epochs", type=int, default=100)
     ap.add_argument("--out", default="runs/e2e")
     ap.add_argument("--arms", default="pinn_gs1,pinn_gs2,baseline,ptychi")
