@@ -182,3 +182,29 @@ def test_cli_failed_arm_exits_nonzero_but_writes_everything(files, tmp_path, ds)
     assert r.exit_code == 1
     assert "PtyChi" in r.stderr and "all zeros" in r.stderr
     assert (out / "comparison_metrics.csv").exists() and (out / "metrics.json").exists()
+
+
+def test_cli_compare_with_bundles_and_baseline_debug_options(ds, tmp_path):
+    from ptychobench.fit import fit
+
+    save(ds, tmp_path / "d.npz")
+    tc = {"epochs": 1, "batch_size": 8, "val_fraction": 0.0}
+    fit(ds, "pinn", tmp_path / "pinn", train_config=tc, n_filters_scale=0.25, progress=False)
+    fit(ds, "baseline", tmp_path / "base", train_config=tc, n_filters_scale=0.25, progress=False)
+    out, dbg = tmp_path / "c", tmp_path / "dbg"
+    r = run("compare", tmp_path / "d.npz", "--out-dir", out, "--pinn", tmp_path / "pinn",
+            "--baseline", tmp_path / "base", "--baseline-debug-limit", "100",
+            "--baseline-debug-dir", dbg)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["settings"]["debug_limited"] is True
+    assert doc["models"]["Baseline"]["debug_limited"] is True
+    assert doc["models"]["Baseline"]["n_patterns"] == 100
+    assert doc["models"]["PtychoPINN"]["computation_time_s"] > 0
+    stats = json.loads((dbg / "baseline_debug_stats.json").read_text())
+    assert stats["input"]["shape"] == [100, 1, 32, 32]
+    r = run("compare", tmp_path / "d.npz", "--out-dir", tmp_path / "c2", "--baseline",
+            tmp_path / "base", "--baseline-debug-limit", "3")
+    assert r.exit_code == 1 and "too small" in r.stderr  # 3 patterns: a sliver, said clearly
+    rows = list(csv.DictReader(open(out / "comparison_metrics.csv")))
+    assert any(r["model"] == "Baseline" and r["metric"] == "debug_limited" for r in rows)

@@ -46,6 +46,7 @@ SCALAR_ROWS = (
 )
 METRICS = TUPLE_METRICS + SCALAR_ROWS
 ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
+MIN_SCORED_SIDE = 11
 
 
 def default_crop_size(N: int) -> int:
@@ -186,6 +187,12 @@ def compare(
     result.errors.update(alignment.errors)
     result.notes.update(alignment.notes)
     for name, aligned in alignment.aligned.items():
+        if min(aligned.shape) < MIN_SCORED_SIDE:
+            result.errors[name] = (
+                f"{name}: scored region {aligned.shape[0]}×{aligned.shape[1]} px is too small: "
+                f"expected at least {MIN_SCORED_SIDE} px per side (the SSIM window)"
+            )
+            continue
         try:
             s = score(aligned, alignment.truth, ms_ssim_sigma_amplitude=cfg.ms_ssim_sigma)
             fa = frc(np.abs(aligned), np.abs(alignment.truth))
