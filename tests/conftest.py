@@ -18,3 +18,23 @@ def smooth_complex(H: int, W: int, seed: int = 0, sigma: float = 3.0) -> torch.T
 @pytest.fixture
 def smooth():
     return smooth_complex
+
+
+def make_dataset(n=12, N=8, H=40, W=48, seed=0, metadata=None):
+    """Small valid PtychoDataset with every optional key (shared by the data-layer tests)."""
+    from ptychobench.data.dataset import SCHEMA_VERSION, PtychoDataset
+
+    rng = np.random.default_rng(seed)
+    meta = {"schema_version": SCHEMA_VERSION, "creator": "test", "transformations": []}
+    return PtychoDataset(
+        diffraction=rng.random((n, N, N), dtype=np.float32),
+        probeGuess=(rng.standard_normal((N, N)) + 1j * rng.standard_normal((N, N))).astype(
+            np.complex64
+        ),
+        xcoords=rng.uniform(N / 2, W - 1 - N / 2, n),
+        ycoords=rng.uniform(N / 2, H - 1 - N / 2, n),
+        objectGuess=np.exp(1j * rng.uniform(-1, 1, (H, W))).astype(np.complex64),
+        Y=np.exp(1j * rng.uniform(-1, 1, (n, N, N))).astype(np.complex64),
+        metadata=meta if metadata is None else metadata,
+        groups=np.arange(n, dtype=np.int64)[:, None],
+    )

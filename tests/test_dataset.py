@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from conftest import make_dataset
 
 from ptychobench.data.dataset import (
     SCHEMA_VERSION,
@@ -19,19 +20,7 @@ from ptychobench.data.dataset import (
 
 def make_ds(n: int = 12, N: int = 8, H: int = 40, W: int = 48, seed: int = 0) -> PtychoDataset:
     """Small valid dataset with every optional key."""
-    rng = np.random.default_rng(seed)
-    return PtychoDataset(
-        diffraction=rng.random((n, N, N), dtype=np.float32),
-        probeGuess=(rng.standard_normal((N, N)) + 1j * rng.standard_normal((N, N))).astype(
-            np.complex64
-        ),
-        xcoords=rng.uniform(N / 2, W - 1 - N / 2, n),
-        ycoords=rng.uniform(N / 2, H - 1 - N / 2, n),
-        objectGuess=np.exp(1j * rng.uniform(-1, 1, (H, W))).astype(np.complex64),
-        Y=np.exp(1j * rng.uniform(-1, 1, (n, N, N))).astype(np.complex64),
-        metadata={"schema_version": SCHEMA_VERSION, "creator": "test", "transformations": []},
-        groups=np.arange(n, dtype=np.int64)[:, None],
-    )
+    return make_dataset(n, N, H, W, seed)
 
 
 def test_valid_dataset_passes() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import make_dataset
 
 from ptychobench.data import io as pio
 from ptychobench.data.dataset import SCHEMA_VERSION, DatasetError, PtychoDataset
@@ -20,25 +21,14 @@ ARRAY_KEYS = ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", 
 
 
 def make_ds(n: int = 10, N: int = 8, H: int = 32, W: int = 36, seed: int = 0) -> PtychoDataset:
-    rng = np.random.default_rng(seed)
-    return PtychoDataset(
-        diffraction=rng.random((n, N, N), dtype=np.float32),
-        probeGuess=(rng.standard_normal((N, N)) + 1j * rng.standard_normal((N, N))).astype(
-            np.complex64
-        ),
-        xcoords=rng.uniform(N / 2, W - 1 - N / 2, n),
-        ycoords=rng.uniform(N / 2, H - 1 - N / 2, n),
-        objectGuess=np.exp(1j * rng.uniform(-1, 1, (H, W))).astype(np.complex64),
-        Y=np.exp(1j * rng.uniform(-1, 1, (n, N, N))).astype(np.complex64),
-        metadata={
-            "schema_version": SCHEMA_VERSION,
-            "creator": "test",
-            "dose": 1000.0,
-            "seeds": {"noise": 3},
-            "transformations": [{"op": "simulate"}],
-        },
-        groups=np.arange(n, dtype=np.int64).reshape(-1, 1),
-    )
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "creator": "test",
+        "dose": 1000.0,
+        "seeds": {"noise": 3},
+        "transformations": [{"op": "simulate"}],
+    }
+    return make_dataset(n, N, H, W, seed, metadata=meta)
 
 
 def assert_same(a: PtychoDataset, b: PtychoDataset) -> None:
