@@ -635,6 +635,146 @@ def convert(
     _run(go)
 
 
+# ------------------------------------------------------------------------------------------ study
+study_app = typer.Typer(
+    help="The dose × overlap study: run (resumable DAG), report, verify.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run(
+    config: Annotated[
+        Path | None, typer.Argument(help="Study design TOML (default: the --preset).")
+    ] = None,
+    preset: Annotated[
+        str, typer.Option("--preset", help="Shipped design when no CONFIG: quick | fly64.")
+    ] = "quick",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: runs/<design name>).")
+    ] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local | dask.")] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Address of a running dask scheduler.")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Start a local dask cluster of N workers."),
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only", help="Subset, e.g. dose=1000,view=dense,split=test (+ what it needs)."
+        ),
+    ] = None,
+    clobber: Annotated[
+        bool,
+        typer.Option("--clobber", help="Archive (never delete) the run directory's old outputs."),
+    ] = False,
+    post_verify_only: Annotated[
+        bool, typer.Option("--post-verify-only", help="Only re-run the verification of --out.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress display (default: on a TTY)."),
+    ] = None,
+) -> None:
+    """Run the whole study (or resume it: finished jobs with unchanged inputs are skipped).
+
+    Example: ptychobench study run                      (the quick preset into runs/quick)
+    Example: ptychobench study run --preset fly64 --executor dask --workers 4
+    """
+
+    def go():
+        from ptychobench.study.design import load_design, preset_text
+        from ptychobench.study.run import parse_only, run_study, verify_study
+
+        if config is not None:
+            design = load_design(config)
+            text = f"# copied from {config}\n" + config.read_text(encoding="utf-8")
+        else:
+            from ptychobench.study.design import load_preset
+
+            design = load_preset(preset)
+            text = preset_text(preset)
+        run_dir = out if out is not None else Path("runs") / design.name
+        if post_verify_only:
+            rep = verify_study(run_dir)
+            _print_verify(run_dir, rep)
+            return
+        res = run_study(
+            design,
+            run_dir,
+            design_text=text,
+            executor=executor,
+            scheduler=scheduler,
+            workers=workers,
+            only=parse_only(only),
+            clobber=clobber,
+            progress=progress,
+        )
+        typer.echo(
+            f"{run_dir}: {len(res.ran)} job(s) run, {len(res.skipped)} up to date, "
+            f"{len(res.failed)} failed, {len(res.blocked)} blocked"
+        )
+        if not res.ok:
+            typer.echo(f"error: {res.failure_summary()}", err=True)
+            raise typer.Exit(code=1)
+        if (run_dir / "analysis" / "report.html").exists() and not only:
+            typer.echo(f"report: {run_dir / 'analysis' / 'report.html'}")
+
+    _run(go)
+
+
+def _print_verify(run_dir: Path, rep: dict) -> None:
+    typer.echo(
+        f"{run_dir}: verification {'passed' if rep['all_valid'] else 'FAILED'}: "
+        f"{rep['n_valid']}/{rep['n_checks']} checks valid"
+    )
+    if not rep["all_valid"]:
+        for c in rep["checks"]:
+            if not c["valid"]:
+                typer.echo(f"error: {c['name']}: {c['detail']}", err=True)
+        raise typer.Exit(code=1)
+
+
+@study_app.command("report")
+def study_report(
+    run_dir: Annotated[Path, typer.Argument(help="A study run directory.")],
+) -> None:
+    """Re-aggregate a run's comparisons and rewrite analysis/ (report.html, tables, plots).
+
+    Example: ptychobench study report runs/quick
+    """
+
+    def go():
+        from ptychobench.study.run import report_study
+
+        paths = report_study(run_dir)
+        typer.echo(f"wrote {len(paths)} file(s) in {run_dir / 'analysis'}")
+
+    _run(go)
+
+
+@study_app.command("verify")
+def study_verify(
+    run_dir: Annotated[Path, typer.Argument(help="A study run directory.")],
+) -> None:
+    """Re-check a finished run without recomputing (hashes, agreement, failures, split).
+
+    Example: ptychobench study verify runs/quick
+    """
+
+    def go():
+        from ptychobench.study.run import verify_study
+
+        _print_verify(run_dir, verify_study(run_dir))
+
+    _run(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

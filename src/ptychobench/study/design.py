@@ -1,0 +1,258 @@
+"""The study design: a pydantic model read from TOML, with presets shipped in the package.
+
+A design fixes everything that determines a study's results: doses, views, split, simulation
+(object, probe, scan), seeds, per-arm training settings, the pty-chi settings and the metric
+settings. Relative paths inside a TOML file (a custom object or probe file) are resolved against
+the file's directory. Unknown keys and bad values are rejected with the key's dotted path.
+
+Presets (``ptychobench/study/presets/*.toml``): ``quick`` (the embedded default; a 2-core CPU
+finishes it in minutes) and ``fly64`` (the full, GPU-sized study).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ptychobench.iterative import IterativeConfig
+from ptychobench.train import TrainConfig
+
+__all__ = [
+    "DesignError",
+    "StudyDesign",
+    "ViewSpec",
+    "PRESETS",
+    "load_design",
+    "load_preset",
+    "design_from_dict",
+    "dose_dir",
+]
+
+PRESETS = ("quick", "fly64")
+
+
+class DesignError(ValueError):
+    """A study design that cannot be used (message names the file and the dotted key)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ViewSpec(_Strict):
+    """One view = (gridsize, s_img, n_groups) (SPEC §4). The PINN trains at this gridsize."""
+
+    gridsize: Literal[1, 2]
+    s_img: float = Field(1.0, gt=0.0, le=1.0, description="fraction of positions kept")
+    n_groups: int | None = Field(
+        None, ge=1, description="groups per split (None: one per kept position)"
+    )
+    neighbor_count: int = Field(6, ge=1, description="K nearest neighbours for gs2 groups")
+
+
+class SplitSpec(_Strict):
+    axis: Literal["x", "y"] = "y"
+    fraction: float = Field(0.5, gt=0.0, lt=1.0)
+
+
+class SimulationSpec(_Strict):
+    """Simulation settings shared by all doses (see :class:`ptychobench.simulate.SimulationConfig`)."""
+
+    N: int = Field(64, ge=8, le=1024)
+    object: str = "image:camera+astronaut"
+    object_size: int = Field(256, ge=16)
+    probe: str = "fly64"
+    scan: Literal["random", "raster", "fermat"] = "raster"
+    overlap: float | None = Field(0.7, ge=0.0, lt=1.0)
+    step_px: float | None = Field(None, gt=0.0)
+    n_positions: int | None = Field(None, ge=1)
+    jitter_px: float = Field(1.0, ge=0.0)
+    noise: Literal["poisson", "none"] = "poisson"
+
+
+class Seeds(_Strict):
+    simulation: int = Field(0, ge=0, description="object and scan draws")
+    noise: int = Field(1, ge=0, description="Poisson draw (offset by the dose index per dose)")
+    grouping: int = Field(0, ge=0, description="subsampling and grouping of every view")
+    training: int = Field(0, description="network init, data order, validation split")
+
+
+class ArmTraining(_Strict):
+    """Training settings of one network arm (passed to :class:`ptychobench.train.TrainConfig`)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    n_filters_scale: float = Field(0.5, gt=0.0, le=4.0)
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    early_stopping_patience: int = Field(10, ge=0)
+    loss: Literal["poisson", "mae"] = "poisson"
+
+
+class IterativeSpec(_Strict):
+    engine: Literal["lsqml", "epie", "dm"] = "lsqml"
+    epochs: int = Field(100, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    noise_model: Literal["gaussian", "poisson"] = "gaussian"
+
+
+class MetricsSpec(_Strict):
+    crop_size_M: int | None = Field(None, ge=1, description="stitch crop (default N/4)")
+    ms_ssim_sigma: float = Field(1.0, ge=0.0)
+    registration: Literal["all", "none"] = "all"
+    phase_align: Literal["plane", "mean", "none"] = "plane"
+
+
+class StudyDesign(_Strict):
+    """Everything that determines a study. Units: photons per pattern (doses), pixels."""
+
+    name: str = "study"
+    doses: list[float] = Field(default_factory=lambda: [1e3, 1e4, 1e5], min_length=1)
+    views: dict[str, ViewSpec] = Field(
+        default_factory=lambda: {
+            "dense": ViewSpec(gridsize=2, s_img=1.0),
+            "sparse": ViewSpec(gridsize=1, s_img=0.3),
+        },
+        min_length=1,
+    )
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    seeds: Seeds = Field(default_factory=Seeds)
+    pinn: ArmTraining = Field(default_factory=ArmTraining)
+    baseline: ArmTraining = Field(default_factory=lambda: ArmTraining(loss="mae"))
+    iterative: IterativeSpec = Field(default_factory=IterativeSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per job (None: torch's default)"
+    )
+
+    @field_validator("doses")
+    @classmethod
+    def _doses(cls, v: list[float]) -> list[float]:
+        for i, d in enumerate(v):
+            if not (math.isfinite(d) and d > 0):
+                raise ValueError(f"doses[{i}]: expected a positive finite photon count, found {d}")
+        if len({int(d) for d in v}) != len(v):
+            raise ValueError(f"expected distinct doses (by integer photon count), found {v}")
+        return [float(d) for d in v]
+
+    @field_validator("views")
+    @classmethod
+    def _views(cls, v: dict[str, ViewSpec]) -> dict[str, ViewSpec]:
+        for name, spec in v.items():
+            if not name.isidentifier():
+                raise ValueError(f"view name {name!r}: expected letters, digits and _ only")
+            if spec.gridsize == 2 and spec.neighbor_count < 4:
+                raise ValueError(
+                    f"views.{name}.neighbor_count: expected >= C = 4 for gridsize 2, "
+                    f"found {spec.neighbor_count}"
+                )
+        return v
+
+    def train_config(self, arm: Literal["pinn", "baseline"]) -> TrainConfig:
+        a = self.pinn if arm == "pinn" else self.baseline
+        return TrainConfig(
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            seed=self.seeds.training,
+            device=self.device,
+            val_fraction=a.val_fraction,
+            early_stopping_patience=a.early_stopping_patience,
+            num_threads=self.num_threads,
+        )
+
+    def iterative_config(self) -> IterativeConfig:
+        it = self.iterative
+        return IterativeConfig(
+            engine=it.engine,
+            epochs=it.epochs,
+            batch_size=it.batch_size,
+            noise_model=it.noise_model,
+            device=self.device,
+            seed=self.seeds.simulation,
+            progress=False,
+        )
+
+    def simulation_config(self, dose: float) -> Any:
+        from ptychobench.simulate import SimulationConfig
+
+        s = self.simulation.model_dump()
+        spacing = {k: s.pop(k) for k in ("overlap", "step_px", "n_positions")}
+        given = {k: v for k, v in spacing.items() if v is not None}
+        if len(given) > 1 and "overlap" in given:
+            given.pop("overlap")  # an explicit step or count overrides the default overlap
+        return SimulationConfig(
+            **s,
+            **given,
+            dose=dose,
+            seed=self.seeds.simulation,
+            noise_seed=self.seeds.noise + self.doses.index(dose),
+        )
+
+
+def dose_dir(dose: float) -> str:
+    """Directory name of a dose: 1e3 → ``dose_1000``."""
+    return f"dose_{int(dose)}"
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def design_from_dict(
+    doc: dict[str, Any], source: str = "design", base_dir: Path | None = None
+) -> StudyDesign:
+    """Validate a design document; errors name ``source`` and the dotted key path."""
+    doc = dict(doc)
+    if base_dir is not None and isinstance(doc.get("simulation"), dict):
+        sim = dict(doc["simulation"])
+        for key in ("object", "probe"):
+            val = sim.get(key)
+            if isinstance(val, str) and val.endswith((".npz", ".cxi", ".h5")):
+                p = Path(val)
+                sim[key] = str(p if p.is_absolute() else (base_dir / p).resolve())
+        doc["simulation"] = sim
+    try:
+        return StudyDesign.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _dotted(tuple(err["loc"])) or "(top level)"
+        found = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise DesignError(f"{source}: {key}: {msg}; found {found!r}{extra}") from None
+
+
+def load_design(path: str | Path) -> StudyDesign:
+    """Read and validate a TOML design; relative file paths resolve against its directory."""
+    p = Path(path)
+    if not p.is_file():
+        raise DesignError(f"{p}: study design not found (expected a TOML file)")
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DesignError(f"{p}: not valid TOML: {exc}") from None
+    return design_from_dict(doc, source=str(p), base_dir=p.resolve().parent)
+
+
+def preset_text(name: str) -> str:
+    if name not in PRESETS:
+        raise DesignError(f"preset: expected one of {PRESETS}, found {name!r}")
+    return resources.files("ptychobench.study").joinpath(f"presets/{name}.toml").read_text("utf-8")
+
+
+def load_preset(name: str) -> StudyDesign:
+    """The design of a shipped preset (``quick`` or ``fly64``)."""
+    return design_from_dict(tomllib.loads(preset_text(name)), source=f"preset {name}")

@@ -1,0 +1,735 @@
+"""Run a study: the local and Dask executors, the manifest, resume, filters, clobber.
+
+``manifest.json`` (run-relative paths)::
+
+    {"format": "ptychobench-study-manifest/1", "design": {...}, "design_sha256": "...",
+     "planned": [job ids, excluding "verify"], "conditions": [{"dose", "view", "split"}],
+     "jobs": {id: {"kind", "dose", "view", "split", "deps", "key", "status", "seconds",
+                   "peak_rss_mb", "log", "outputs": {path: sha256}, "error", "finished_at"}},
+     "runs": [{"started_at", "finished_at", "executor", "only", "n_run", "n_skipped",
+               "n_failed", "n_blocked"}],
+     "environment": {...}}
+
+Status is one of ``success``, ``failed``, ``blocked`` (a dependency failed) or ``pending``. The
+manifest is rewritten atomically after every job and merged across runs: a partial run (``--only``
+or a crash) never drops the records of jobs it did not touch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ptychobench.data.io import atomic_open
+from ptychobench.study.design import StudyDesign, design_from_dict
+from ptychobench.study.jobs import (
+    STAGING,
+    Job,
+    JobFailed,
+    conditions,
+    execute,
+    job_key,
+    output_hashes,
+    plan,
+)
+
+__all__ = [
+    "StudyError",
+    "StudyResult",
+    "run_study",
+    "report_study",
+    "verify_study",
+    "parse_only",
+    "MANIFEST",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "ptychobench-study-manifest/1"
+ONLY_KEYS = ("dose", "view", "split")
+
+
+class StudyError(ValueError):
+    """A study that cannot start (bad run directory, bad filter, executor unavailable)."""
+
+
+@dataclasses.dataclass
+class StudyResult:
+    """What a run did: job ids per outcome, and where to look when something failed."""
+
+    run_dir: Path
+    ran: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    blocked: list[str] = dataclasses.field(default_factory=list)
+    logs: dict[str, str] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.blocked)
+
+    def failure_summary(self) -> str:
+        parts = [
+            f"{j} failed: {self.errors.get(j, '')} (log: {self.run_dir / self.logs[j]})"
+            for j in self.failed
+        ]
+        if self.blocked:
+            parts.append(f"{len(self.blocked)} dependent job(s) blocked")
+        return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# small utilities
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _design_sha(design: StudyDesign) -> str:
+    return hashlib.sha256(design.model_dump_json().encode()).hexdigest()
+
+
+def environment(design: StudyDesign) -> dict[str, Any]:
+    """Versions and the device, for the report."""
+    import numpy
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        ptychi = version("ptychi")
+    except Exception:  # pty-chi missing is reported by its arm, not here
+        ptychi = "not installed"
+    cuda = torch.cuda.is_available()
+    device = design.device if design.device != "auto" else ("cuda" if cuda else "cpu")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "ptychi": ptychi,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": design.num_threads or torch.get_num_threads(),
+    }
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / MANIFEST
+    if not p.exists():
+        return {}
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{p}: not a readable manifest ({exc}); move it away or use --clobber") from None
+    if doc.get("format") != MANIFEST_FORMAT:
+        raise StudyError(
+            f"{p}: key 'format': expected {MANIFEST_FORMAT!r}, found {doc.get('format')!r}"
+        )
+    return doc
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    with atomic_open(run_dir / MANIFEST, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True, allow_nan=False, default=str)
+
+
+def parse_only(text: str | None) -> dict[str, Any]:
+    """``"dose=1000,view=dense,split=test"`` → ``{"dose": 1000.0, "view": "dense", ...}``."""
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        k, v = k.strip(), v.strip()
+        if not sep or k not in ONLY_KEYS or not v:
+            raise StudyError(
+                f"--only: expected comma-separated key=value with keys {ONLY_KEYS}, found {part!r}"
+            )
+        if k == "dose":
+            try:
+                out[k] = float(v)
+            except ValueError:
+                raise StudyError(f"--only: dose: expected a number, found {v!r}") from None
+        else:
+            out[k] = v
+    return out
+
+
+def select(jobs: list[Job], only: dict[str, Any], design: StudyDesign) -> list[Job]:
+    """Jobs matching ``only`` plus everything they need; closing jobs only for a full run."""
+    if not only:
+        return jobs
+    if "dose" in only and only["dose"] not in design.doses:
+        raise StudyError(f"--only dose: expected one of {design.doses}, found {only['dose']}")
+    if "view" in only and only["view"] not in design.views:
+        raise StudyError(
+            f"--only view: expected one of {list(design.views)}, found {only['view']!r}"
+        )
+    if "split" in only and only["split"] not in ("train", "test"):
+        raise StudyError(f"--only split: expected train or test, found {only['split']!r}")
+    by_id = {j.id: j for j in jobs}
+    wanted = {
+        j.id
+        for j in jobs
+        if not j.final and all(getattr(j, k) is None or getattr(j, k) == v for k, v in only.items())
+    }
+    stack = list(wanted)
+    while stack:
+        for d in by_id[stack.pop()].deps:
+            if d not in wanted:
+                wanted.add(d)
+                stack.append(d)
+    return [j for j in jobs if j.id in wanted]
+
+
+# ----------------------------------------------------------------------------------------------
+# per-job execution, shared by both executors
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux ≥ 4.0)
+
+
+def _peak_rss_mb() -> float:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+@contextlib.contextmanager
+def _job_log(path: Path, listener: logging.Handler | None = None) -> Iterator[None]:
+    """Route every log record (and warning) to the job's log file while it runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(path, mode="w", encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    root.addHandler(fh)
+    if listener is not None:
+        root.addHandler(listener)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(fh)
+        if listener is not None:
+            root.removeHandler(listener)
+        root.setLevel(old_level)
+        fh.close()
+
+
+def _outputs_intact(run_dir: Path, job: Job, record: dict[str, Any]) -> bool:
+    recorded = record.get("outputs") or {}
+    if not recorded:
+        return False
+    try:
+        return output_hashes(run_dir, job) == recorded
+    except OSError:
+        return False
+
+
+def run_one(
+    job: Job,
+    design: StudyDesign,
+    run_dir: Path,
+    prior: dict[str, Any] | None,
+    deps: dict[str, dict[str, Any]],
+    listener: logging.Handler | None = None,
+) -> dict[str, Any]:
+    """Run (or skip) one computing job and return its manifest record.
+
+    ``deps`` are the records of the job's dependencies; ``prior`` the job's record from an
+    earlier run. A job whose dependency did not succeed is ``blocked``.
+    """
+    record: dict[str, Any] = {
+        "kind": job.kind,
+        **job.params(),
+        "deps": list(job.deps),
+        "log": job.log,
+        "key": None,
+        "status": "pending",
+        "seconds": None,
+        "peak_rss_mb": None,
+        "outputs": {},
+        "error": None,
+        "finished_at": None,
+    }
+    bad = [d for d in job.deps if deps.get(d, {}).get("status") != "success"]
+    if bad:
+        record.update(status="blocked", error=f"dependency did not succeed: {', '.join(bad)}")
+        return record
+    key = job_key(job, design, {d: deps[d]["outputs"] for d in job.deps})
+    record["key"] = key
+    if (
+        prior
+        and prior.get("status") == "success"
+        and prior.get("key") == key
+        and _outputs_intact(run_dir, job, prior)
+    ):
+        return {**prior, "skipped": True}
+    import torch
+
+    threads = design.num_threads
+    prev_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    with _job_log(run_dir / job.log, listener):
+        log.info("%s: start (key %s)", job.id, key[:12])
+        try:
+            execute(job, design, run_dir, key)
+            record["status"] = "success"
+        except KeyboardInterrupt:
+            log.error("%s: interrupted", job.id)
+            raise
+        except JobFailed as exc:
+            record.update(status="failed", error=str(exc))
+            log.error("%s: %s", job.id, exc)
+        except Exception as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            log.error("%s failed:\n%s", job.id, traceback.format_exc())
+        finally:
+            if threads:
+                torch.set_num_threads(prev_threads)
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record["peak_rss_mb"] = _peak_rss_mb()
+        log.info("%s: %s in %.1f s", job.id, record["status"], record["seconds"])
+    if record["status"] == "success" or all((run_dir / o).exists() for o in job.outputs):
+        record["outputs"] = output_hashes(run_dir, job)
+    record["finished_at"] = _now()
+    return record
+
+
+def _run_remote(
+    job: Job, design_doc: dict[str, Any], run_dir: str, prior: dict | None, *dep_records: dict
+) -> dict[str, Any]:
+    """Dask task: the same :func:`run_one`, with dependency records arriving as futures."""
+    design = design_from_dict(design_doc)
+    deps = dict(zip(job.deps, dep_records, strict=True))
+    return run_one(job, design, Path(run_dir), prior, deps)
+
+
+# ----------------------------------------------------------------------------------------------
+# closing jobs (always run on the driver)
+
+
+def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    from ptychobench.study import aggregate, report, verify
+
+    record = {
+        "kind": job.kind,
+        "dose": None,
+        "view": None,
+        "split": None,
+        "deps": list(job.deps),
+        "log": job.log,
+        "key": None,
+        "status": "pending",
+        "seconds": None,
+        "peak_rss_mb": None,
+        "outputs": {},
+        "error": None,
+        "finished_at": None,
+    }
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    with _job_log(run_dir / job.log):
+        try:
+            if job.kind == "aggregate":
+                jobs = [
+                    {"id": i, **{k: r.get(k) for k in ("status", "dose", "view", "split", "error")}}
+                    for i, r in manifest["jobs"].items()
+                    if r.get("kind") == "compare" and i in manifest["planned"]
+                ]
+                paths = aggregate.aggregate(run_dir, manifest["conditions"], jobs)
+            elif job.kind == "report":
+                paths = report.write_report(run_dir)
+            else:
+                paths = [verify.write_inventory(run_dir)]
+                rep = verify.verify(run_dir)
+                paths.append(run_dir / "analysis" / "verification_report.json")
+                if not rep["all_valid"]:
+                    bad = [c for c in rep["checks"] if not c["valid"]]
+                    raise JobFailed(
+                        f"{len(bad)} of {rep['n_checks']} checks invalid: "
+                        + "; ".join(f"{c['name']}: {c['detail']}" for c in bad)
+                    )
+            record["status"] = "success"
+        except Exception as exc:
+            paths = []
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            log.error("%s failed:\n%s", job.id, traceback.format_exc())
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record["peak_rss_mb"] = _peak_rss_mb()
+    from ptychobench.data.io import sha256_file
+
+    record["outputs"] = {
+        Path(p).relative_to(run_dir).as_posix(): sha256_file(p) for p in paths if Path(p).is_file()
+    }
+    record["finished_at"] = _now()
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# progress display
+
+
+class _Display:
+    """A bar over jobs plus the current job's latest log line (rich on a TTY, else log lines)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled = enabled
+        self.progress = None
+        self.done = 0
+        self.total = total
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("jobs", total=total)
+            self.current = self.progress.add_task("", total=None)
+
+    def start(self, job_id: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.current, description=f"  {job_id}")
+
+    def note(self, msg: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.current, description=f"  {msg[:100]}")
+
+    def finish(self, job_id: str, record: dict[str, Any]) -> None:
+        self.done += 1
+        status = "skipped (up to date)" if record.get("skipped") else record["status"]
+        secs = record.get("seconds")
+        line = f"[{self.done}/{self.total}] {job_id}: {status}" + (
+            f" in {secs:.1f} s" if secs is not None and not record.get("skipped") else ""
+        )
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1)
+            if record["status"] != "success":
+                self.progress.console.print(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class _Listener(logging.Handler):
+    def __init__(self, display: _Display):
+        super().__init__(logging.INFO)
+        self.display = display
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.display.note(f"{record.name.rsplit('.', 1)[-1]}: {record.getMessage()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def _archive(run_dir: Path) -> Path | None:
+    """Move everything in ``run_dir`` (but earlier archives) to ``archive/<UTC time>/``."""
+    items = [p for p in run_dir.iterdir() if p.name != "archive"]
+    if not items:
+        return None
+    dest = run_dir / "archive" / _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest.mkdir(parents=True)
+    for p in items:
+        os.replace(p, dest / p.name)
+    return dest
+
+
+def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(run_dir) if not clobber else {}
+    if clobber:
+        dest = _archive(run_dir)
+        if dest is not None:
+            log.warning("--clobber: previous outputs archived to %s", dest)
+    elif manifest and manifest.get("design_sha256") != _design_sha(design):
+        raise StudyError(
+            f"{run_dir}: holds a different study (its manifest's design differs from this one): "
+            "outputs would be stale; use --clobber to archive them, or another --out"
+        )
+    elif not manifest and any(p.name not in ("archive",) for p in run_dir.iterdir()):
+        raise StudyError(
+            f"{run_dir}: exists, is not empty and has no {MANIFEST}; use --clobber to archive its "
+            "contents, or another --out"
+        )
+    with atomic_open(run_dir / "study.toml", "w") as fh:
+        fh.write(design_text)
+    jobs = plan(design)
+    manifest.update(
+        format=MANIFEST_FORMAT,
+        design=design.model_dump(mode="json"),
+        design_sha256=_design_sha(design),
+        planned=[j.id for j in jobs if j.kind != "verify"],
+        conditions=conditions(design),
+        environment=environment(design),
+    )
+    manifest.setdefault("jobs", {})
+    manifest.setdefault("runs", [])
+    return manifest
+
+
+def _store(result: StudyResult, job: Job, record: dict[str, Any]) -> None:
+    if record.get("skipped"):
+        result.skipped.append(job.id)
+    elif record["status"] == "success":
+        result.ran.append(job.id)
+    elif record["status"] == "blocked":
+        result.blocked.append(job.id)
+    else:
+        result.failed.append(job.id)
+        result.errors[job.id] = record.get("error") or ""
+    result.logs[job.id] = job.log
+
+
+def _local(
+    jobs: list[Job],
+    design: StudyDesign,
+    run_dir: Path,
+    manifest: dict,
+    display: _Display,
+    result: StudyResult,
+) -> None:
+    listener = _Listener(display) if display.enabled else None
+    for job in jobs:
+        if job.final:
+            continue
+        display.start(job.id)
+        deps = {d: manifest["jobs"].get(d, {}) for d in job.deps}
+        rec = run_one(job, design, run_dir, manifest["jobs"].get(job.id), deps, listener)
+        manifest["jobs"][job.id] = {k: v for k, v in rec.items() if k != "skipped"}
+        write_manifest(run_dir, manifest)
+        _store(result, job, rec)
+        display.finish(job.id, rec)
+
+
+def _dask(
+    jobs: list[Job],
+    design: StudyDesign,
+    run_dir: Path,
+    manifest: dict,
+    display: _Display,
+    result: StudyResult,
+    scheduler: str | None,
+    workers: int | None,
+) -> None:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:  # pragma: no cover - dask is a dependency
+        raise StudyError(f"--executor dask needs dask.distributed: {exc}") from None
+    import torch
+
+    cuda = torch.cuda.is_available() and design.device != "cpu"
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except Exception as exc:
+            raise StudyError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers or 2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            resources={"GPU": 1} if cuda else None,
+        )
+        client = Client(cluster)
+    try:
+        doc = design.model_dump(mode="json")
+        futures: dict[str, Any] = {}
+        by_future = {}
+        for job in jobs:
+            if job.final:
+                continue
+            kw = {"resources": {"GPU": 1}} if (cuda and job.gpu) else {}
+            fut = client.submit(
+                _run_remote,
+                job,
+                doc,
+                str(run_dir),
+                manifest["jobs"].get(job.id),
+                *[futures[d] for d in job.deps],
+                key=f"ptychobench-{job.id}-{manifest['design_sha256'][:8]}",
+                pure=False,
+                **kw,
+            )
+            futures[job.id] = fut
+            by_future[fut.key] = job
+        for fut in as_completed(list(futures.values())):
+            job = by_future[fut.key]
+            rec = fut.result()
+            manifest["jobs"][job.id] = {k: v for k, v in rec.items() if k != "skipped"}
+            write_manifest(run_dir, manifest)
+            _store(result, job, rec)
+            display.finish(job.id, rec)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_study(
+    design: StudyDesign,
+    run_dir: str | os.PathLike[str],
+    *,
+    design_text: str,
+    executor: str = "local",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    only: dict[str, Any] | None = None,
+    clobber: bool = False,
+    progress: bool | None = None,
+) -> StudyResult:
+    """Run (or resume) every job of ``design`` in ``run_dir``.
+
+    Parameters
+    ----------
+    design : StudyDesign
+    run_dir : the run directory (created; see SPEC §8.3 for its layout)
+    design_text : the TOML text written to ``RUN/study.toml``
+    executor : ``"local"`` (in-process, one job at a time) or ``"dask"``
+    scheduler : address of an existing dask.distributed scheduler (dask only)
+    workers : start a local dask cluster of this many worker processes (dask only)
+    only : ``{"dose": 1000.0, "view": "dense", "split": "test"}`` subset (plus what it needs);
+        the closing jobs (aggregate, report, verify) run only for an unfiltered run
+    clobber : archive the previous contents of ``run_dir`` to ``run_dir/archive/<time>/``
+    progress : rich display (True), plain lines (False), or decide by whether stderr is a TTY
+
+    Returns
+    -------
+    StudyResult (``ok`` is False when any job failed or was blocked).
+    """
+    if executor not in ("local", "dask"):
+        raise StudyError(f"--executor: expected 'local' or 'dask', found {executor!r}")
+    if executor == "local" and (scheduler or workers):
+        raise StudyError("--scheduler/--workers need --executor dask")
+    run = Path(run_dir)
+    manifest = _prepare(run, design, design_text, clobber)
+    jobs = select(plan(design), only or {}, design)
+    write_manifest(run, manifest)
+    result = StudyResult(run_dir=run)
+    started = _now()
+    display = _Display(len(jobs), sys.stderr.isatty() if progress is None else progress)
+    try:
+        if executor == "local":
+            _local(jobs, design, run, manifest, display, result)
+        else:
+            _dask(jobs, design, run, manifest, display, result, scheduler, workers)
+        for job in jobs:
+            if not job.final:
+                continue
+            display.start(job.id)
+            rec = _final(job, run, manifest)
+            manifest["jobs"][job.id] = rec
+            write_manifest(run, manifest)
+            _store(result, job, rec)
+            display.finish(job.id, rec)
+    finally:
+        display.close()
+        manifest["runs"].append(
+            {
+                "started_at": started,
+                "finished_at": _now(),
+                "executor": executor,
+                "only": only or {},
+                "n_run": len(result.ran),
+                "n_skipped": len(result.skipped),
+                "n_failed": len(result.failed),
+                "n_blocked": len(result.blocked),
+            }
+        )
+        write_manifest(run, manifest)
+        shutil.rmtree(run / STAGING / "replaced", ignore_errors=True)
+    return result
+
+
+def _existing(run_dir: str | os.PathLike[str]) -> tuple[Path, dict]:
+    run = Path(run_dir)
+    manifest = read_manifest(run) if run.is_dir() else {}
+    if not manifest:
+        raise StudyError(f"{run}: not a study run directory (no {MANIFEST})")
+    return run, manifest
+
+
+def report_study(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Re-aggregate the finished comparisons and rewrite the report (no recomputation)."""
+    run, manifest = _existing(run_dir)
+    from ptychobench.study import verify
+
+    out = []
+    for kind in ("aggregate", "report"):
+        rec = _final(Job(kind, kind), run, manifest)
+        manifest["jobs"][kind] = rec
+        write_manifest(run, manifest)
+        if rec["status"] != "success":
+            raise StudyError(f"{kind} failed: {rec['error']} (log: {run / rec['log']})")
+        out += [run / p for p in rec["outputs"]]
+    # the regenerated files are the run's artifacts now
+    out.append(verify.write_inventory(run))
+    return out
+
+
+def verify_study(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Re-check a finished run against its inventory; returns the verification report."""
+    from ptychobench.study import verify
+
+    run, manifest = _existing(run_dir)
+    t0 = time.perf_counter()
+    rep = verify.verify(run)
+    rec = manifest["jobs"].get("verify", {})
+    rec.update(
+        kind="verify",
+        status="success" if rep["all_valid"] else "failed",
+        seconds=round(time.perf_counter() - t0, 3),
+        error=None if rep["all_valid"] else f"{rep['n_invalid']} check(s) invalid",
+        finished_at=_now(),
+        log=rec.get("log", "logs/verify.log"),
+    )
+    manifest["jobs"]["verify"] = rec
+    write_manifest(run, manifest)
+    return rep
