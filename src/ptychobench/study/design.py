@@ -61,7 +61,7 @@ class SplitSpec(_Strict):
 
 
 class SimulationSpec(_Strict):
-    """Simulation settings shared by all doses (see :class:`ptychobench.simulate.SimulationConfig`)."""
+    """Simulation settings shared by all doses (see ``SimulationConfig``)."""
 
     N: int = Field(64, ge=8, le=1024)
     object: str = "image:camera+astronaut"

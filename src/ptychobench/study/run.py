@@ -139,7 +139,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     try:
         doc = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{p}: not a readable manifest ({exc}); move it away or use --clobber") from None
+        raise StudyError(
+            f"{p}: not a readable manifest ({exc}); move it away or use --clobber"
+        ) from None
     if doc.get("format") != MANIFEST_FORMAT:
         raise StudyError(
             f"{p}: key 'format': expected {MANIFEST_FORMAT!r}, found {doc.get('format')!r}"
