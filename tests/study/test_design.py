@@ -1,0 +1,120 @@
+"""Study design: presets load, bad keys/values are named by their dotted path, paths resolve."""
+
+import math
+
+import pytest
+
+from ptychobench.study.design import (
+    PRESETS,
+    DesignError,
+    design_from_dict,
+    dose_dir,
+    load_design,
+    load_preset,
+)
+from ptychobench.study.jobs import conditions, plan
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_use_a_textured_object(name):
+    d = load_preset(name)
+    assert d.doses == [1e3, 1e4, 1e5]
+    assert set(d.views) == {"dense", "sparse"}
+    assert d.views["dense"].gridsize == 2 and d.views["sparse"].gridsize == 1
+    # the sparse view must actually be sparser
+    assert d.views["sparse"].s_img < d.views["dense"].s_img
+    assert d.simulation.object.startswith("image:")
+    assert d.simulation.N == 64 and d.simulation.probe == "fly64"
+    cfg = d.simulation_config(1e4)
+    assert cfg.dose == 1e4 and cfg.overlap == 0.7
+
+
+def test_fly64_is_the_full_study():
+    q, f = load_preset("quick"), load_preset("fly64")
+    assert f.pinn.epochs >= 50 and f.iterative.epochs == 100
+    assert f.simulation.object_size > q.simulation.object_size
+    assert f.pinn.epochs > q.pinn.epochs
+
+
+def test_noise_seed_differs_per_dose_but_scan_does_not():
+    d = load_preset("quick")
+    seeds = [d.simulation_config(x).noise_seed for x in d.doses]
+    assert len(set(seeds)) == 3
+    assert {d.simulation_config(x).seed for x in d.doses} == {d.seeds.simulation}
+
+
+@pytest.mark.parametrize(
+    "doc, key",
+    [
+        ({"views": {"dense": {"gridsize": 3}}}, "views.dense.gridsize"),
+        ({"pinn": {"epochz": 3}}, "pinn.epochz"),
+        ({"pinn": {"epochs": 0}}, "pinn.epochs"),
+        ({"simulation": {"N": 4}}, "simulation.N"),
+        ({"split": {"fraction": 1.5}}, "split.fraction"),
+        ({"iterative": {"engine": "magic"}}, "iterative.engine"),
+        ({"doses": [1e3, -5]}, "doses"),
+        ({"doses": []}, "doses"),
+        ({"bogus": 1}, "bogus"),
+        ({"views": {"dense": {"gridsize": 2, "neighbor_count": 3}}}, "views"),
+    ],
+)
+def test_bad_keys_and_values_name_the_dotted_path(doc, key):
+    with pytest.raises(DesignError) as e:
+        design_from_dict(doc, source="my.toml")
+    msg = str(e.value)
+    assert msg.startswith(f"my.toml: {key}")
+    assert "\n" not in msg
+
+
+def test_unknown_key_message_says_so():
+    with pytest.raises(DesignError, match=r"pinn\.epochz: unknown key; found 3"):
+        design_from_dict({"pinn": {"epochz": 3}})
+
+
+def test_load_design_resolves_relative_paths(tmp_path):
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "s.toml").write_text('[simulation]\nobject = "obj/o.npz"\nprobe = "fly64"\n')
+    d = load_design(sub / "s.toml")
+    assert d.simulation.object == str((sub / "obj" / "o.npz").resolve())
+    assert d.simulation.probe == "fly64"
+
+
+def test_load_design_errors(tmp_path):
+    with pytest.raises(DesignError, match="not found"):
+        load_design(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("doses = [1e3,\n")
+    with pytest.raises(DesignError, match="not valid TOML"):
+        load_design(bad)
+    with pytest.raises(DesignError, match="preset: expected one of"):
+        load_preset("huge")
+
+
+def test_plan_shape_and_order():
+    d = load_preset("quick")
+    jobs = plan(d)
+    kinds = [j.kind for j in jobs]
+    n_d, n_v = len(d.doses), len(d.views)
+    assert kinds.count("simulate") == n_d
+    assert kinds.count("view") == n_d * n_v * 2
+    assert kinds.count("train_pinn") == kinds.count("train_baseline") == n_d * n_v
+    assert kinds.count("iterative") == kinds.count("compare") == n_d * n_v * 2 == 12
+    assert kinds[-3:] == ["aggregate", "report", "verify"]
+    seen = set()
+    for j in jobs:  # topological
+        assert set(j.deps) <= seen, j.id
+        seen.add(j.id)
+    assert len(conditions(d)) == 12
+    assert dose_dir(1e5) == "dose_100000"
+    ids = {j.id for j in jobs}
+    assert len(ids) == len(jobs)
+    c = next(j for j in jobs if j.id == "compare.dose_1000.dense.test")
+    assert set(c.deps) == {
+        "view.dose_1000.dense.test",
+        "train_pinn.dose_1000.dense",
+        "train_baseline.dose_1000.dense",
+        "iterative.dose_1000.dense.test",
+    }
+    assert c.outputs == ("compare/dose_1000/dense/test",)
+    assert math.isclose(c.dose, 1000.0)

@@ -1,0 +1,333 @@
+"""The study end to end on a tiny design: all arms, resume after SIGKILL, dask == local, verify.
+
+One uninterrupted local run is shared (module fixture); the other tests compare against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ptychobench.study.design import design_from_dict, load_preset
+from ptychobench.study.jobs import job_key, plan
+from ptychobench.study.run import StudyError, parse_only, run_study, select
+
+TINY = """\
+name = "tiny"
+doses = [1e3, 1e5]
+device = "cpu"
+num_threads = 1
+
+[views.dense]
+gridsize = 2
+neighbor_count = 5
+
+[views.sparse]
+gridsize = 1
+s_img = 0.5
+
+[simulation]
+N = 32
+object_size = 80
+
+[pinn]
+epochs = 3
+n_filters_scale = 0.25
+
+[baseline]
+epochs = 3
+n_filters_scale = 0.25
+loss = "mae"
+
+[iterative]
+epochs = 8
+"""
+
+ARMS = ("PtychoPINN", "Baseline", "PtyChi")
+
+
+def _design():
+    import tomllib
+
+    return design_from_dict(tomllib.loads(TINY), source="tiny")
+
+
+def _cli(*args, cwd=None, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptychobench.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_toml(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    p.write_text(TINY)
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_toml, tmp_path_factory):
+    """One uninterrupted run through the CLI."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = _cli("study", "run", str(tiny_toml), "--out", str(out), "--no-progress")
+    stdout, stderr = p.communicate(timeout=900)
+    assert p.returncode == 0, stderr[-3000:]
+    return out
+
+
+# --------------------------------------------------------------------------------- unit parts
+
+
+def test_parse_only():
+    assert parse_only("dose=1000,view=dense,split=test") == {
+        "dose": 1000.0,
+        "view": "dense",
+        "split": "test",
+    }
+    assert parse_only(None) == {}
+    for bad in ("dose=abc", "colour=red", "dose", "view="):
+        with pytest.raises(StudyError, match="--only"):
+            parse_only(bad)
+
+
+def test_select_closes_over_dependencies():
+    d = load_preset("quick")
+    jobs = select(plan(d), {"dose": 1000.0, "view": "dense", "split": "test"}, d)
+    ids = {j.id for j in jobs}
+    assert "compare.dose_1000.dense.test" in ids
+    # the models of that view are trained on the train split, so its view is needed too
+    assert {"view.dose_1000.dense.train", "train_pinn.dose_1000.dense", "simulate.dose_1000"} <= ids
+    assert "compare.dose_1000.dense.train" not in ids
+    assert not any(j.final for j in jobs)
+    assert not any(j.dose == 10000.0 for j in jobs)
+    with pytest.raises(StudyError, match="--only dose"):
+        select(plan(d), {"dose": 7.0}, d)
+
+
+def test_job_key_tracks_settings_and_inputs():
+    d = _design()
+    job = next(j for j in plan(d) if j.id == "train_pinn.dose_1000.dense")
+    deps = {"view.dose_1000.dense.train": {"data/x.npz": "a" * 64}}
+    k = job_key(job, d, deps)
+    assert k == job_key(job, d, deps)
+    d2 = d.model_copy(update={"pinn": d.pinn.model_copy(update={"epochs": 4})})
+    assert job_key(job, d2, deps) != k
+    assert job_key(job, d, {"view.dose_1000.dense.train": {"data/x.npz": "b" * 64}}) != k
+    # a baseline setting does not touch the PINN's key
+    d3 = d.model_copy(update={"baseline": d.baseline.model_copy(update={"epochs": 9})})
+    assert job_key(job, d3, deps) == k
+
+
+# --------------------------------------------------------------------------------- end to end
+
+
+def test_reference_run_is_complete_and_verified(reference_run):
+    run = reference_run
+    man = json.loads((run / "manifest.json").read_text())
+    assert all(man["jobs"][j]["status"] == "success" for j in man["planned"])
+    assert man["jobs"]["verify"]["status"] == "success"
+    assert len([j for j in man["planned"] if j.startswith("compare.")]) == 8
+    for rec in man["jobs"].values():
+        assert rec["seconds"] is not None and rec["seconds"] >= 0
+        assert rec["peak_rss_mb"] is None or rec["peak_rss_mb"] > 0
+        assert (run / rec["log"]).exists()
+    summary = json.loads((run / "analysis" / "metrics_summary.json").read_text())
+    assert summary["n_jobs"] == 8 and summary["n_success"] == 8 and summary["n_failed"] == 0
+    for arm in ARMS + ("Flat",):
+        assert arm in summary["aggregate_metrics"], arm
+    for d in ("dose_1000", "dose_100000"):
+        for v in ("dense", "sparse"):
+            for s in ("train", "test"):
+                c = run / "compare" / d / v / s
+                assert (c / "comparison_metrics.csv").exists()
+                m = json.loads((c / "metrics.json").read_text())
+                assert set(ARMS) <= set(m["models"]) and not m["errors"]
+            assert (run / "models" / d / v / "pinn" / "model.pt").exists()
+            assert (run / "iterative" / d / v / "test" / "recon.npz").exists()
+            assert (run / "data" / d / v / "overlap_test.json").exists()
+    # the sparse view is sparser (SPEC §4: Metric 2 well below dense)
+    dense = json.loads((run / "data/dose_1000/dense/overlap_test.json").read_text())
+    sparse = json.loads((run / "data/dose_1000/sparse/overlap_test.json").read_text())
+    assert sparse["metric_2_neighbors"] < dense["metric_2_neighbors"]
+    rep = json.loads((run / "analysis" / "verification_report.json").read_text())
+    assert rep["all_valid"] and rep["n_invalid"] == 0 and rep["n_checks"] >= 6
+    for name in ("report.html", "dose_response.png", "deltas.json", "highlights.txt",
+                 "metrics_long.csv", "artifact_inventory.txt"):
+        assert (run / "analysis" / name).exists(), name
+    assert not (run / ".staging").exists() or not any((run / ".staging").iterdir())
+
+
+def test_rerun_skips_everything_and_keeps_bytes(reference_run, tiny_toml):
+    before = (reference_run / "analysis" / "metrics_summary.json").read_bytes()
+    res = run_study(_design(), reference_run, design_text=tiny_toml.read_text(), progress=False)
+    assert res.ok and res.ran == ["aggregate", "report", "verify"]
+    assert len(res.skipped) == len(plan(_design())) - 3
+    assert (reference_run / "analysis" / "metrics_summary.json").read_bytes() == before
+
+
+def _wait_for(pattern: str, run: Path, proc, timeout=300.0) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list(run.glob(pattern)):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize(
+    "stage, pattern, delay",
+    [
+        ("simulation", "logs/simulate.dose_100000.log", 0.0),
+        ("training", "logs/train_pinn.dose_1000.sparse.log", 1.0),
+        ("comparison", "logs/compare.dose_100000.dense.train.log", 0.3),
+    ],
+)
+def test_sigkill_then_resume_gives_identical_summary(
+    stage, pattern, delay, reference_run, tiny_toml, tmp_path
+):
+    run = tmp_path / "run"
+    p = _cli("study", "run", str(tiny_toml), "--out", str(run), "--no-progress")
+    reached = _wait_for(pattern, run, p)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert reached, f"the run ended before reaching {stage}"
+    assert p.returncode == -signal.SIGKILL
+    assert not (run / "analysis" / "metrics_summary.json").exists()
+    p2 = _cli("study", "run", str(tiny_toml), "--out", str(run), "--no-progress")
+    _, err = p2.communicate(timeout=900)
+    assert p2.returncode == 0, err[-3000:]
+    man = json.loads((run / "manifest.json").read_text())
+    assert len(man["runs"]) == 2
+    assert man["runs"][1]["n_skipped"] > 0  # it resumed rather than starting over
+    ref = (reference_run / "analysis" / "metrics_summary.json").read_bytes()
+    assert (run / "analysis" / "metrics_summary.json").read_bytes() == ref
+
+
+def test_dask_executor_matches_local(reference_run, tiny_toml, tmp_path):
+    pytest.importorskip("distributed")
+    run = tmp_path / "run"
+    res = run_study(
+        _design(),
+        run,
+        design_text=tiny_toml.read_text(),
+        executor="dask",
+        workers=2,
+        progress=False,
+    )
+    assert res.ok, res.failure_summary()
+    ref = json.loads((reference_run / "analysis" / "metrics_summary.json").read_text())
+    got = json.loads((run / "analysis" / "metrics_summary.json").read_text())
+    assert got == ref
+
+
+def test_tampering_is_caught_by_verify(reference_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    p = _cli("study", "verify", str(run))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    csv = run / "compare/dose_1000/dense/test/comparison_metrics.csv"
+    text = csv.read_text().splitlines()
+    i = next(k for k, line in enumerate(text) if line.startswith("PtychoPINN,ssim,"))
+    parts = text[i].split(",")
+    parts[3] = str(float(parts[3]) + 0.01)
+    text[i] = ",".join(parts)
+    csv.write_text("\n".join(text) + "\n")
+    p = _cli("study", "verify", str(run))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 1
+    assert "compare/dose_1000/dense/test/comparison_metrics.csv" in err
+    rep = json.loads((run / "analysis" / "verification_report.json").read_text())
+    assert not rep["all_valid"] and rep["n_invalid"] >= 1
+
+
+def test_deleted_artifact_is_caught_by_post_verify_only(reference_run, tiny_toml, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "iterative/dose_100000/sparse/test/recon.npz").unlink()
+    p = _cli("study", "run", str(tiny_toml), "--out", str(run), "--post-verify-only")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 1
+    assert "iterative/dose_100000/sparse/test/recon.npz" in err
+
+
+def test_other_design_in_same_dir_needs_clobber(reference_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    other = TINY.replace("epochs = 8", "epochs = 9")
+    cfg = tmp_path / "other.toml"
+    cfg.write_text(other)
+    p = _cli("study", "run", str(cfg), "--out", str(run), "--only", "dose=1000,view=sparse,split=test")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2
+    assert err.count("\n") == 1 and "--clobber" in err and "different study" in err
+    before = sorted(x.relative_to(run).as_posix() for x in run.rglob("*") if x.is_file())
+    # --clobber archives (never deletes) then runs the subset
+    p = _cli("study", "run", str(cfg), "--out", str(run), "--clobber", "--no-progress",
+             "--only", "dose=1000,view=sparse,split=test")
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    archives = list((run / "archive").iterdir())
+    assert len(archives) == 1
+    archived = sorted(x.relative_to(archives[0]).as_posix() for x in archives[0].rglob("*")
+                      if x.is_file())
+    assert archived == before
+    assert (run / "compare/dose_1000/sparse/test/comparison_metrics.csv").exists()
+    assert not (run / "compare/dose_1000/dense").exists()
+
+
+def test_failed_job_blocks_only_its_dependants(tmp_path, monkeypatch):
+    from ptychobench.study import jobs as jobs_mod
+
+    def broken(job, design, run_dir, stage, progress):
+        raise RuntimeError("synthetic failure for the test")
+
+    monkeypatch.setitem(jobs_mod.BODIES, "train_baseline", broken)
+    d = _design()
+    run = tmp_path / "run"
+    res = run_study(
+        d, run, design_text=TINY, only={"dose": 1000.0, "view": "sparse"}, progress=False
+    )
+    assert not res.ok
+    assert res.failed == ["train_baseline.dose_1000.sparse"]
+    assert set(res.blocked) == {"compare.dose_1000.sparse.train", "compare.dose_1000.sparse.test"}
+    # independent jobs still ran
+    assert "iterative.dose_1000.sparse.test" in res.ran and "train_pinn.dose_1000.sparse" in res.ran
+    man = json.loads((run / "manifest.json").read_text())
+    rec = man["jobs"]["train_baseline.dose_1000.sparse"]
+    assert rec["status"] == "failed" and "synthetic failure" in rec["error"]
+    log = (run / rec["log"]).read_text()
+    assert "synthetic failure" in log and "Traceback" in log
+    assert "train_baseline.dose_1000.sparse" in res.failure_summary()
+    assert rec["log"] in res.failure_summary()
+    assert not (run / "models/dose_1000/sparse/baseline").exists()  # nothing half-published
+
+
+def test_non_empty_foreign_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("x")
+    with pytest.raises(StudyError, match="not empty"):
+        run_study(_design(), run, design_text=TINY, progress=False)
+    assert os.listdir(run) == ["precious.txt"]
