@@ -363,11 +363,7 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     with _job_log(run_dir / job.log):
         try:
             if job.kind == "aggregate":
-                jobs = [
-                    {"id": i, **{k: r.get(k) for k in ("status", "dose", "view", "split", "error")}}
-                    for i, r in manifest["jobs"].items()
-                    if r.get("kind") == "compare" and i in manifest["planned"]
-                ]
+                jobs = aggregate.compare_jobs_from_manifest(manifest)
                 paths = aggregate.aggregate(run_dir, manifest["conditions"], jobs)
             elif job.kind == "report":
                 paths = report.write_report(run_dir)

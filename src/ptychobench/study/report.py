@@ -1,0 +1,926 @@
+"""The study report: dose-response plot, per-dose montages and one self-contained HTML page.
+
+:func:`write_report` reads a finished (or partly failed) study run directory::
+
+    RUN/study.toml  RUN/manifest.json  RUN/logs/<job>.log
+    RUN/data/dose_<D>/<view>/overlap_<split>.json
+    RUN/compare/dose_<D>/<view>/<split>/{comparison_metrics.csv, reconstructions.npz}
+    RUN/analysis/{metrics_long.csv, metrics_summary.json, highlights.txt, deltas.json}
+
+and writes ``RUN/analysis/dose_response.png``, ``RUN/analysis/montage_dose_<D>.png`` (one per
+dose) and ``RUN/analysis/report.html``.
+
+The page has no external resources (PNGs are embedded as ``data:`` URIs, CSS is inline, no
+script) and nothing time-dependent, so regenerating it from the same inputs gives identical bytes.
+
+Verifier contract: every metric number taken from ``metrics_long.csv`` into the ``tables``
+section is a ``<td>`` carrying ``data-condition="dose_<D>/<view>/<split>"``, ``data-model``,
+``data-metric``, ``data-part`` (``phase``, ``amplitude`` or ``value``) and ``data-value`` =
+``repr(float)`` of the parsed CSV number, so ``float(data-value)`` equals the CSV float exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychobench.data.io import atomic_open
+
+__all__ = ["dose_response_plot", "montage", "write_report"]
+
+ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
+#: Arms drawn with solid lines and markers; anything else (the Flat floor) is dashed.
+METHOD_ARMS = ("PtychoPINN", "Baseline", "PtyChi")
+ARM_COLORS = {"PtychoPINN": "C0", "Baseline": "C1", "PtyChi": "C2", "Flat": "0.45"}
+
+#: (metric, part, axis label) rows of the dose-response figure.
+DOSE_RESPONSE_ROWS = (
+    ("ssim", "phase", "phase SSIM"),
+    ("ms_ssim", "phase", "phase MS-SSIM"),
+    ("frc50", "phase", "phase FRC50"),
+    ("ssim", "amplitude", "amplitude SSIM"),
+)
+#: Metrics given one table each in the ``tables`` section; nrmse is a scalar (``value``) row.
+TABLE_METRICS = ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
+SCALAR_TABLE_METRICS = ("nrmse",)
+#: Direction of "better" per table metric (used only to highlight the best arm of a row).
+HIGHER_IS_BETTER = {"ssim": True, "ms_ssim": True, "frc50": True, "mae": False, "nrmse": False}
+SUMMARY_METRICS = ("ssim", "ms_ssim", "mae", "frc50")
+LOG_TAIL_LINES = 20
+
+# PNG text chunks: matplotlib writes its version as "Software"; dropping it keeps the bytes a
+# function of the data only (Agg rendering itself is deterministic).
+_PNG_METADATA: dict[str, str | None] = {"Software": None}
+_PNG_DPI = 80
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _esc(x: Any) -> str:
+    """HTML-escape any value's ``str`` (quotes too, so it is safe inside attributes)."""
+    return html.escape(str(x), quote=True)
+
+
+def _dose_label(dose: float) -> str:
+    return f"dose_{int(float(dose))}"
+
+
+def _cond_key(dose: float, view: str, split: str) -> str:
+    return f"{_dose_label(dose)}/{view}/{split}"
+
+
+def _ordered_arms(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [a for a in ARM_ORDER if a in names] + sorted(n for n in names if n not in ARM_ORDER)
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    """Short display text for a number (the exact number goes into ``data-value``)."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int | np.integer):
+        return str(int(x))
+    if isinstance(x, float | np.floating):
+        return f"{float(x):.{digits}g}"
+    return str(x)
+
+
+def _parse_float(s: str | None) -> float | None:
+    if s is None:
+        return None
+    s = s.strip()
+    if not s:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    """Parsed JSON, or None when the file is missing or unreadable (the report never crashes)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _read_metrics_long(path: Path) -> list[dict[str, Any]]:
+    """Parse ``metrics_long.csv`` (``dose,view,split,model,metric,amplitude,phase,value``).
+
+    Kept local (not imported from the aggregate module) so the report only depends on the file
+    format. Numbers become floats, empty cells None; ``value`` stays a string where it is not a
+    number (the message of an ``error`` row).
+    """
+    rows: list[dict[str, Any]] = []
+    try:
+        fh = open(path, encoding="utf-8", newline="")
+    except OSError:
+        return rows
+    with fh:
+        for rec in csv.DictReader(fh):
+            dose = _parse_float(rec.get("dose"))
+            if dose is None:
+                continue
+            raw_value = rec.get("value") or ""
+            value: float | str | None = _parse_float(raw_value)
+            if value is None and raw_value.strip():
+                value = raw_value
+            rows.append(
+                {
+                    "dose": dose,
+                    "view": rec.get("view") or "",
+                    "split": rec.get("split") or "",
+                    "model": rec.get("model") or "",
+                    "metric": rec.get("metric") or "",
+                    "amplitude": _parse_float(rec.get("amplitude")),
+                    "phase": _parse_float(rec.get("phase")),
+                    "value": value,
+                }
+            )
+    return rows
+
+
+def _read_compare_csv(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``comparison_metrics.csv`` of one compare dir as ``{model: {metric: {part: x}}}``."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    try:
+        fh = open(path, encoding="utf-8", newline="")
+    except OSError:
+        return out
+    with fh:
+        for rec in csv.DictReader(fh):
+            m = out.setdefault(rec.get("model") or "", {})
+            m[rec.get("metric") or ""] = {
+                "amplitude": _parse_float(rec.get("amplitude")),
+                "phase": _parse_float(rec.get("phase")),
+                "value": rec.get("value") or "",
+            }
+    return out
+
+
+def _conditions_from(conditions: Sequence[dict], rows: Sequence[dict]) -> list[tuple]:
+    """Unique ``(dose, view, split)`` in manifest order, then any extra CSV condition, sorted."""
+    seen: dict[str, tuple] = {}
+    for c in conditions:
+        t = (float(c["dose"]), str(c["view"]), str(c["split"]))
+        seen.setdefault(_cond_key(*t), t)
+    extra = {}
+    for r in rows:
+        t = (float(r["dose"]), r["view"], r["split"])
+        k = _cond_key(*t)
+        if k not in seen:
+            extra.setdefault(k, t)
+    return list(seen.values()) + [extra[k] for k in sorted(extra, key=lambda k: extra[k])]
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=_PNG_DPI, metadata=_PNG_METADATA)
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------
+
+
+def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> Any:
+    """Metric vs dose (log x) per arm: one column per (view, split), one row per metric.
+
+    Rows: phase SSIM, phase MS-SSIM, phase FRC50, amplitude SSIM. PtychoPINN, Baseline and
+    PtyChi are solid lines with markers; the Flat floor (and any other arm) is dashed. A dose
+    where an arm has no finite number is left out of that arm's line.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Parsed ``metrics_long.csv`` rows (keys ``dose, view, split, model, metric, amplitude,
+        phase, value``).
+    path : Path
+        Destination PNG (written atomically; deterministic bytes).
+    conditions : list of dict
+        ``{"dose", "view", "split"}`` entries; their (view, split) pairs, in order of first
+        appearance, define the columns (pairs present only in ``rows`` are appended).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The (already saved) figure, for inspection: ``len(fig.axes)`` is
+        ``len(DOSE_RESPONSE_ROWS) * n_columns`` (one panel per (view, split) and metric).
+    """
+    from matplotlib.figure import Figure
+
+    pairs: list[tuple[str, str]] = []
+    for _, view, split in _conditions_from(conditions, rows):
+        if (view, split) not in pairs:
+            pairs.append((view, split))
+    if not pairs:
+        pairs = [("(none)", "(none)")]
+    # (view, split, metric, part) -> model -> {dose: y}
+    series: dict[tuple, dict[str, dict[float, float]]] = {}
+    for r in rows:
+        for metric, part, _ in DOSE_RESPONSE_ROWS:
+            if r["metric"] != metric:
+                continue
+            y = r.get(part)
+            if isinstance(y, float) and math.isfinite(y):
+                key = (r["view"], r["split"], metric, part)
+                series.setdefault(key, {}).setdefault(r["model"], {})[float(r["dose"])] = y
+    n_rows, n_cols = len(DOSE_RESPONSE_ROWS), len(pairs)
+    fig = Figure(figsize=(3.2 * n_cols + 0.4, 2.4 * n_rows + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    handles: dict[str, Any] = {}
+    for c, (view, split) in enumerate(pairs):
+        for r_i, (metric, part, label) in enumerate(DOSE_RESPONSE_ROWS):
+            ax = axes[r_i, c]
+            data = series.get((view, split, metric, part), {})
+            for arm in _ordered_arms(data):
+                pts = sorted(data[arm].items())
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                solid = arm in METHOD_ARMS
+                (line,) = ax.plot(
+                    xs,
+                    ys,
+                    linestyle="-" if solid else "--",
+                    marker="o" if solid else None,
+                    markersize=4,
+                    linewidth=1.5 if solid else 1.2,
+                    color=ARM_COLORS.get(arm),
+                    label=arm,
+                )
+                handles.setdefault(arm, line)
+            if not data:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.set_xscale("log")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if r_i == 0:
+                ax.set_title(f"{view} / {split}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r_i == n_rows - 1:
+                ax.set_xlabel("dose (photons / pattern)", fontsize=8)
+    if handles:
+        arms = _ordered_arms(handles)
+        fig.legend(
+            [handles[a] for a in arms], arms, loc="outside upper center", ncol=len(arms), fontsize=8
+        )
+    _save_png(fig, Path(path))
+    return fig
+
+
+def _load_recon(npz_path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """``{"truth": ..., arm: aligned}`` from a ``reconstructions.npz``, or ({}, why-not)."""
+    if not npz_path.is_file():
+        return {}, "comparison missing"
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            out = {
+                k[: -len("_aligned")]: np.asarray(z[k]) for k in z.files if k.endswith("_aligned")
+            }
+            if "truth_crop" in z.files:
+                out["truth"] = np.asarray(z["truth_crop"])
+    except (OSError, ValueError) as exc:
+        return {}, f"unreadable reconstructions.npz: {exc}"
+    return out, None
+
+
+def montage(
+    run_dir: Path, dose: float, conditions: list[dict], path: Path, *, amplitude: bool = True
+) -> Any:
+    """One figure for one dose: per (view, split), the truth phase then each arm's aligned phase.
+
+    Each condition gets a phase row (and, with ``amplitude``, an amplitude row) sharing one set
+    of colour limits (the truth's range, so arms are judged on the truth's scale). Panel titles
+    name the arm and its phase (or amplitude) SSIM from the condition's
+    ``comparison_metrics.csv``. A condition with no ``reconstructions.npz`` (a failed job) gets
+    a row saying so instead of images.
+
+    Parameters
+    ----------
+    run_dir : Path
+        Study run directory (reads ``compare/dose_<D>/<view>/<split>/``).
+    dose : float
+    conditions : list of dict
+        ``{"dose", "view", "split"}``; only those with this dose are drawn, in order.
+    path : Path
+        Destination PNG (written atomically; deterministic bytes).
+    amplitude : bool, default True
+        Also draw an amplitude row per condition.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The (already saved) figure.
+    """
+    from matplotlib.figure import Figure
+
+    run_dir = Path(run_dir)
+    label = _dose_label(dose)
+    conds = [
+        (str(c["view"]), str(c["split"])) for c in conditions if _dose_label(c["dose"]) == label
+    ]
+    conds = list(dict.fromkeys(conds))
+    loaded = []
+    for view, split in conds:
+        d = run_dir / "compare" / label / view / split
+        imgs, why = _load_recon(d / "reconstructions.npz")
+        loaded.append((view, split, imgs, why, _read_compare_csv(d / "comparison_metrics.csv")))
+    arms = _ordered_arms({k for _, _, imgs, _, _ in loaded for k in imgs if k != "truth"})
+    cols = ["truth"] + arms
+    parts = [("phase", np.angle, "viridis")] + (
+        [("amplitude", np.abs, "gray")] if amplitude else []
+    )
+    # A missing comparison needs one text row, not one per part.
+    n_rows = max(1, sum(len(parts) if imgs else 1 for _, _, imgs, _, _ in loaded))
+    fig = Figure(figsize=(2.1 * len(cols) + 0.8, 2.1 * n_rows + 0.5), layout="constrained")
+    axes = fig.subplots(n_rows, len(cols), squeeze=False)
+    fig.suptitle(f"{label}: aligned reconstructions vs truth", fontsize=10)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not loaded:
+        axes[0, 0].text(0.5, 0.5, "no conditions", ha="center", va="center")
+    r = -1
+    for view, split, imgs, why, scores in loaded:
+        if not imgs:
+            r += 1
+            axes[r, 0].text(
+                0.05,
+                0.5,
+                f"{view}/{split}: {why}",
+                fontsize=8,
+                va="center",
+                transform=axes[r, 0].transAxes,
+            )
+            for ax in axes[r]:
+                ax.set_axis_off()
+            continue
+        for part, fn, cmap in parts:
+            r += 1
+            # colour limits from the truth's finite values (all images if there is no truth)
+            src = [imgs["truth"]] if "truth" in imgs else list(imgs.values())
+            ref = np.concatenate([fn(v).ravel() for v in src])
+            ref = ref[np.isfinite(ref)]
+            vmin, vmax = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 1.0)
+            if vmax <= vmin:  # a constant truth: give imshow a non-empty range
+                vmin, vmax = vmin - 0.5, vmax + 0.5
+            im = None
+            for c, name in enumerate(cols):
+                ax = axes[r, c]
+                if name not in imgs:
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "failed" if name != "truth" else "no truth",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        fontsize=8,
+                    )
+                    ax.set_title(name, fontsize=8)
+                    continue
+                im = ax.imshow(fn(imgs[name]), vmin=vmin, vmax=vmax, cmap=cmap)
+                if name == "truth":
+                    title = f"{view}/{split}\ntruth {part}"
+                else:
+                    s = scores.get(name, {}).get("ssim", {}).get(part)
+                    title = f"{name}\n{part} SSIM {_fmt(s, 3)}"
+                ax.set_title(title, fontsize=8)
+            if im is not None:
+                fig.colorbar(im, ax=axes[r, -1], shrink=0.8)
+    _save_png(fig, Path(path))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;
+max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;
+margin-top:1.8em}h3{margin-top:1.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right}
+th{background:#f2f2f2}td.text,th.text{text-align:left}
+td.best{font-weight:bold;background:#e8f4e8}td.fail{color:#a00;text-align:center}
+td.na{color:#999;text-align:center}
+pre{background:#f7f7f7;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:.8em;
+white-space:pre-wrap}
+img{max-width:100%;height:auto;border:1px solid #ddd}
+.ok{color:#060;font-weight:bold}.bad{color:#a00;font-weight:bold}
+nav a{margin-right:.8em}
+""".strip()
+
+
+def _table(header: Sequence[str], body: Sequence[str], cls: str = "") -> str:
+    """``<table>`` with escaped header texts and pre-rendered ``<tr>`` body rows."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    c = f' class="{_esc(cls)}"' if cls else ""
+    return (
+        f"<table{c}><thead><tr>{head}</tr></thead><tbody>\n"
+        + "\n".join(body)
+        + ("\n</tbody></table>")
+    )
+
+
+def _td(x: Any, cls: str = "") -> str:
+    c = f' class="{_esc(cls)}"' if cls else ""
+    return f"<td{c}>{_esc(_fmt(x))}</td>"
+
+
+def _td_text(x: Any) -> str:
+    return f'<td class="text">{_esc(x)}</td>'
+
+
+def _img(png: Path, alt: str) -> str:
+    try:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+    except OSError:
+        return f"<p>Missing figure: {_esc(png.name)}</p>"
+    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{_esc(sid)}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _study_name(run_dir: Path) -> str | None:
+    """The design's ``name`` from study.toml, if it parses (the page title only)."""
+    import tomllib
+
+    text = _read_text(run_dir / "study.toml")
+    try:
+        name = tomllib.loads(text).get("name") if text is not None else None
+    except tomllib.TOMLDecodeError:
+        return None
+    return str(name) if name else None
+
+
+def _design_html(run_dir: Path) -> str:
+    text = _read_text(run_dir / "study.toml")
+    if text is None:
+        return "<p>study.toml is missing.</p>"
+    return f"<pre>{_esc(text)}</pre>"
+
+
+def _overlap_html(run_dir: Path, conds: list[tuple]) -> str:
+    header = [
+        "dose",
+        "view",
+        "split",
+        "gridsize",
+        "D",
+        "n_positions",
+        "n_unique_positions",
+        "n_groups",
+        "metric_1_group",
+        "metric_2_neighbors",
+        "metric_3_centres",
+    ]
+    body = []
+    for dose, view, split in conds:
+        rep = _read_json(run_dir / "data" / _dose_label(dose) / view / f"overlap_{split}.json")
+        cells = [_td(dose), _td_text(view), _td_text(split)]
+        if not isinstance(rep, dict):
+            cells.append(f'<td class="na" colspan="{len(header) - 3}">overlap report missing</td>')
+        else:
+            for k in header[3:]:
+                v = rep.get(k)
+                if k == "metric_1_group" and v is None:
+                    cells.append('<td class="na">n/a (gridsize 1)</td>')
+                else:
+                    cells.append(_td(v))
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note = (
+        "<p>Metric 1: overlap within a group; Metric 2: overlap with the K nearest scan "
+        "neighbours; Metric 3: overlap between group centres (all relative to the probe "
+        "diameter D).</p>"
+    )
+    return note + _table(header, body)
+
+
+def _json_block_html(obj: Any) -> str:
+    """Render arbitrary JSON readably: flat record lists as tables, anything else as text.
+
+    ``deltas.json`` belongs to the aggregate step; its layout is not fixed here, so the report
+    shows what it finds rather than assuming keys.
+    """
+
+    def flat_records(x: Any) -> bool:
+        return (
+            isinstance(x, list)
+            and bool(x)
+            and all(isinstance(e, dict) for e in x)
+            and all(not isinstance(v, dict | list) for e in x for v in e.values())
+        )
+
+    def records_table(recs: list[dict]) -> str:
+        keys = list(dict.fromkeys(k for e in recs for k in e))
+        body = []
+        for e in recs:
+            cells = []
+            for k in keys:
+                v = e.get(k)
+                cells.append(_td_text(v) if isinstance(v, str) else _td(v))
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        return _table(keys, body)
+
+    if flat_records(obj):
+        return records_table(obj)
+    if isinstance(obj, dict) and obj and all(flat_records(v) for v in obj.values()):
+        return "\n".join(f"<h4>{_esc(k)}</h4>\n{records_table(v)}" for k, v in obj.items())
+    return f"<pre>{_esc(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))}</pre>"
+
+
+def _summary_html(run_dir: Path, summary: Any) -> str:
+    out = []
+    hl = _read_text(run_dir / "analysis" / "highlights.txt")
+    if hl is None:
+        out.append("<p>highlights.txt is missing.</p>")
+    else:
+        lines = [ln for ln in hl.splitlines() if ln.strip()]
+        out.append("<ul>" + "".join(f"<li>{_esc(ln)}</li>" for ln in lines) + "</ul>")
+    agg = summary.get("aggregate_metrics") if isinstance(summary, dict) else None
+    if isinstance(agg, dict) and agg:
+        split = summary.get("aggregate_split", "test")
+        out.append(
+            f"<h3>Mean over all doses and views (split: {_esc(split)})</h3>"
+            "<p>Mean of each metric across conditions; bold marks the best arm (Flat "
+            "excluded).</p>"
+        )
+        header = ["model"] + [f"{m} {p}" for m in SUMMARY_METRICS for p in ("phase", "amplitude")]
+        header.append("n")
+        models = _ordered_arms(agg)
+        best: dict[tuple[str, str], float] = {}
+        for m in SUMMARY_METRICS:
+            for p in ("phase", "amplitude"):
+                vals = [
+                    agg[a].get(m, {}).get(f"mean_{p}")
+                    for a in models
+                    if a in METHOD_ARMS and isinstance(agg[a], dict)
+                ]
+                vals = [v for v in vals if isinstance(v, int | float) and math.isfinite(v)]
+                if vals:
+                    best[(m, p)] = max(vals) if HIGHER_IS_BETTER[m] else min(vals)
+        body = []
+        for a in models:
+            entry = agg[a] if isinstance(agg[a], dict) else {}
+            cells = [_td_text(a)]
+            ns = set()
+            for m in SUMMARY_METRICS:
+                st = entry.get(m) if isinstance(entry.get(m), dict) else {}
+                if st.get("n") is not None:
+                    ns.add(st.get("n"))
+                for p in ("phase", "amplitude"):
+                    v = st.get(f"mean_{p}")
+                    cls = "best" if a in METHOD_ARMS and best.get((m, p)) == v else ""
+                    cells.append(_td(v, cls))
+            cells.append(_td(", ".join(str(n) for n in sorted(ns, key=str)) or None))
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        out.append(_table(header, body))
+    else:
+        out.append("<p>metrics_summary.json has no aggregate metrics.</p>")
+    deltas = _read_json(run_dir / "analysis" / "deltas.json")
+    out.append("<h3>Paired differences (deltas.json)</h3>")
+    out.append("<p>deltas.json is missing.</p>" if deltas is None else _json_block_html(deltas))
+    return "\n".join(out)
+
+
+def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
+    # (condition key, model, metric) -> row; the first row wins if the CSV repeats one.
+    index: dict[tuple[str, str, str], dict] = {}
+    errors: dict[tuple[str, str], str] = {}
+    for r in rows:
+        k = _cond_key(r["dose"], r["view"], r["split"])
+        if r["metric"] == "error":
+            errors.setdefault((k, r["model"]), str(r["value"] or "failed"))
+        index.setdefault((k, r["model"], r["metric"]), r)
+    arms = _ordered_arms({r["model"] for r in rows if r["model"]})
+    if not arms or not conds:
+        return "<p>No metrics (metrics_long.csv is missing or empty).</p>"
+    out = [
+        "<p>One table per metric; rows are conditions, columns arms. Bold: best of "
+        "PtychoPINN / Baseline / PtyChi in that row (higher is better for ssim, ms_ssim, frc50; "
+        "lower for mae, nrmse). Flat is the constant-image floor.</p>"
+    ]
+    for metric in TABLE_METRICS:
+        parts = ("value",) if metric in SCALAR_TABLE_METRICS else ("phase", "amplitude")
+        header = ["dose", "view", "split"] + [
+            f"{a} {p}" if len(parts) > 1 else a for a in arms for p in parts
+        ]
+        body = []
+        for dose, view, split in conds:
+            k = _cond_key(dose, view, split)
+            best: dict[str, float] = {}
+            for p in parts:
+                vals = []
+                for a in arms:
+                    r = index.get((k, a, metric))
+                    v = r.get(p) if r else None
+                    if a in METHOD_ARMS and isinstance(v, float) and math.isfinite(v):
+                        vals.append(v)
+                if vals:
+                    best[p] = max(vals) if HIGHER_IS_BETTER[metric] else min(vals)
+            cells = [_td(dose), _td_text(view), _td_text(split)]
+            for a in arms:
+                r = index.get((k, a, metric))
+                for p in parts:
+                    v = r.get(p) if r else None
+                    if isinstance(v, float):
+                        cls = ' class="best"' if a in METHOD_ARMS and best.get(p) == v else ""
+                        cells.append(
+                            f'<td{cls} data-condition="{_esc(k)}" data-model="{_esc(a)}" '
+                            f'data-metric="{_esc(metric)}" data-part="{_esc(p)}" '
+                            f'data-value="{_esc(repr(float(v)))}">{_esc(_fmt(v))}</td>'
+                        )
+                    elif (k, a) in errors:
+                        cells.append(f'<td class="fail" title="{_esc(errors[(k, a)])}">failed</td>')
+                    else:
+                        cells.append('<td class="na">—</td>')
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        out.append(f'<h3 id="table-{_esc(metric)}">{_esc(metric)}</h3>')
+        out.append(_table(header, body))
+    return "\n".join(out)
+
+
+def _timings_html(jobs: dict[str, dict]) -> str:
+    if not jobs:
+        return "<p>No jobs in the manifest.</p>"
+    kinds: dict[str, dict[str, Any]] = {}
+    for job in jobs.values():
+        kind = str(job.get("kind", "?"))
+        k = kinds.setdefault(kind, {"n": 0, "ok": 0, "sec": 0.0, "max_sec": None, "rss": None})
+        k["n"] += 1
+        k["ok"] += job.get("status") == "success"
+        s = job.get("seconds")
+        if isinstance(s, int | float) and math.isfinite(s):
+            k["sec"] += float(s)
+            k["max_sec"] = float(s) if k["max_sec"] is None else max(k["max_sec"], float(s))
+        m = job.get("peak_rss_mb")
+        if isinstance(m, int | float) and math.isfinite(m):
+            k["rss"] = float(m) if k["rss"] is None else max(k["rss"], float(m))
+    header = ["job kind", "jobs", "succeeded", "total seconds", "max seconds", "max peak RSS (MB)"]
+    body = []
+    for kind, k in kinds.items():
+        body.append(
+            "<tr>"
+            + _td_text(kind)
+            + _td(k["n"])
+            + _td(k["ok"])
+            + _td(round(k["sec"], 2))
+            + _td(k["max_sec"])
+            + _td(k["rss"])
+            + "</tr>"
+        )
+    maxes = [k["max_sec"] for k in kinds.values() if k["max_sec"] is not None]
+    rss = [k["rss"] for k in kinds.values() if k["rss"] is not None]
+    body.append(
+        '<tr><th class="text">total</th>'
+        + _td(sum(k["n"] for k in kinds.values()))
+        + _td(sum(k["ok"] for k in kinds.values()))
+        + _td(round(sum(k["sec"] for k in kinds.values()), 2))
+        + _td(max(maxes) if maxes else None)
+        + _td(max(rss) if rss else None)
+        + "</tr>"
+    )
+    return (
+        "<p>Wall-clock seconds and peak resident memory per job, summed (seconds) or maximised "
+        "(memory) per kind; jobs that ran in parallel overlap in time.</p>" + _table(header, body)
+    )
+
+
+def _environment_html(env: Any) -> str:
+    if not isinstance(env, dict) or not env:
+        return "<p>No environment recorded in the manifest.</p>"
+    body = []
+    for k, v in env.items():
+        text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        body.append("<tr>" + _td_text(k) + _td_text(text) + "</tr>")
+    return _table(["key", "value"], body)
+
+
+def _log_tail(run_dir: Path, log: Any) -> str | None:
+    if not log:
+        return None
+    text = _read_text(run_dir / str(log))
+    if text is None:
+        return None
+    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+
+
+def _failures_html(
+    run_dir: Path, jobs: dict[str, dict], missing: list[str], rows: list[dict]
+) -> str:
+    out = []
+    bad = [(jid, j) for jid, j in jobs.items() if j.get("status") in ("failed", "blocked")]
+    if bad:
+        out.append("<h3>Failed or blocked jobs</h3>")
+        for jid, job in bad:
+            out.append(
+                f"<h4>{_esc(jid)} <small>({_esc(job.get('kind', '?'))}, "
+                f"{_esc(job.get('status'))})</small></h4>"
+            )
+            out.append(f"<p>Error: <code>{_esc(job.get('error') or '(no message)')}</code></p>")
+            tail = _log_tail(run_dir, job.get("log"))
+            if tail is not None:
+                out.append(
+                    f"<p>Last {LOG_TAIL_LINES} lines of <code>{_esc(job.get('log'))}</code>:</p>"
+                    f"<pre>{_esc(tail)}</pre>"
+                )
+            else:
+                out.append("<p>No log file.</p>")
+    if missing:
+        out.append("<h3>Missing comparisons</h3>")
+        out.append("<ul>" + "".join(f"<li><code>{_esc(m)}</code></li>" for m in missing) + "</ul>")
+    arm_errors = [r for r in rows if r["metric"] == "error"]
+    if arm_errors:
+        out.append("<h3>Arms that could not be scored</h3>")
+        body = [
+            "<tr>"
+            + _td_text(_cond_key(r["dose"], r["view"], r["split"]))
+            + _td_text(r["model"])
+            + _td_text(r["value"])
+            + "</tr>"
+            for r in arm_errors
+        ]
+        out.append(_table(["condition", "arm", "error"], body))
+    return "\n".join(out) if out else "<p>None</p>"
+
+
+def _compare_status(
+    run_dir: Path, jobs: dict[str, dict], conds: list[tuple]
+) -> tuple[int, list[str]]:
+    """(number of conditions, keys of those without a successful comparison)."""
+    compare_jobs = {}
+    for job in jobs.values():
+        if job.get("kind") == "compare" and job.get("dose") is not None:
+            compare_jobs[_cond_key(job["dose"], job.get("view"), job.get("split"))] = job
+    missing = []
+    for dose, view, split in conds:
+        k = _cond_key(dose, view, split)
+        job = compare_jobs.get(k)
+        csv_ok = (run_dir / "compare" / k / "comparison_metrics.csv").is_file()
+        if not csv_ok or (job is not None and job.get("status") != "success"):
+            why = "no comparison_metrics.csv" if not csv_ok else f"job {job.get('status')}"
+            missing.append(f"{k}: {why}")
+    return len(conds), missing
+
+
+def _headline_html(summary: Any, jobs: dict[str, dict], n_cmp: int, missing: list[str]) -> str:
+    if isinstance(summary, dict) and "n_jobs" in summary and "n_success" in summary:
+        n_jobs, n_ok = summary["n_jobs"], summary["n_success"]
+    else:
+        # The report and verify jobs are still running when this page is written: not counted.
+        counted = [j for j in jobs.values() if j.get("kind") not in ("report", "verify")]
+        n_jobs, n_ok = len(counted), sum(j.get("status") == "success" for j in counted)
+    jobs_ok = n_ok == n_jobs
+    parts = [
+        f'<p>Jobs: <span class="{"ok" if jobs_ok else "bad"}">{_esc(n_ok)}/{_esc(n_jobs)} '
+        "succeeded</span>.</p>"
+    ]
+    if not missing and n_cmp:
+        parts.append(f'<p class="ok">All {n_cmp} comparisons succeeded.</p>')
+    elif n_cmp:
+        parts.append(
+            f'<p class="bad">{len(missing)} of {n_cmp} comparisons failed or are missing '
+            '(see <a href="#failures">Failures</a>).</p>'
+        )
+    else:
+        parts.append('<p class="bad">No comparisons in this study.</p>')
+    return '<div id="headline">' + "".join(parts) + "</div>"
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write the study's figures and its single-page HTML report.
+
+    Parameters
+    ----------
+    run_dir : Path
+        Study run directory. Missing inputs (a failed comparison, an absent analysis file) are
+        reported in the page rather than raising.
+
+    Returns
+    -------
+    list of Path
+        ``analysis/dose_response.png``, ``analysis/montage_dose_<D>.png`` per dose (ascending)
+        and ``analysis/report.html``, in that order.
+    """
+    run_dir = Path(run_dir)
+    analysis = run_dir / "analysis"
+    analysis.mkdir(parents=True, exist_ok=True)
+    manifest = _read_json(run_dir / "manifest.json")
+    manifest = manifest if isinstance(manifest, dict) else {}
+    jobs = manifest.get("jobs") if isinstance(manifest.get("jobs"), dict) else {}
+    planned = manifest.get("planned") or []
+    # Manifest order follows the plan; jobs not in the plan go last (sorted for determinism).
+    order = {jid: i for i, jid in enumerate(planned)}
+    jobs = dict(sorted(jobs.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    conditions = [
+        c
+        for c in (manifest.get("conditions") or [])
+        if isinstance(c, dict) and {"dose", "view", "split"} <= set(c)
+    ]
+    rows = _read_metrics_long(analysis / "metrics_long.csv")
+    summary = _read_json(analysis / "metrics_summary.json")
+    conds = _conditions_from(conditions, rows)
+    cond_dicts = [{"dose": d, "view": v, "split": s} for d, v, s in conds]
+
+    written: list[Path] = []
+    import matplotlib  # noqa: F401  (fail early and clearly if plotting is unavailable)
+
+    dr = analysis / "dose_response.png"
+    dose_response_plot(rows, dr, cond_dicts)
+    written.append(dr)
+    montages: list[tuple[float, Path]] = []
+    for dose in sorted({d for d, _, _ in conds}):
+        p = analysis / f"montage_{_dose_label(dose)}.png"
+        montage(run_dir, dose, cond_dicts, p)
+        montages.append((dose, p))
+        written.append(p)
+
+    n_cmp, missing = _compare_status(run_dir, jobs, conds)
+    name = _study_name(run_dir) or run_dir.name
+    montage_html = (
+        "\n".join(
+            f"<h3>{_esc(_dose_label(d))}</h3>\n{_img(p, f'montage {_dose_label(d)}')}"
+            for d, p in montages
+        )
+        or "<p>No conditions.</p>"
+    )
+    sections = [
+        _section("design", "Design (study.toml)", _design_html(run_dir)),
+        _section("overlap", "Overlap per view", _overlap_html(run_dir, conds)),
+        _section("summary", "Summary", _summary_html(run_dir, summary)),
+        _section("tables", "Metrics per condition", _tables_html(rows, conds)),
+        _section(
+            "plots",
+            "Dose response",
+            "<p>Metric vs dose per arm (log dose axis); dashed: Flat floor.</p>\n"
+            + _img(dr, "dose response"),
+        ),
+        _section("montages", "Reconstructions", montage_html),
+        _section("timings", "Timings and memory", _timings_html(jobs)),
+        _section("environment", "Environment", _environment_html(manifest.get("environment"))),
+        _section("failures", "Failures", _failures_html(run_dir, jobs, missing, rows)),
+    ]
+    nav = (
+        "<nav>"
+        + "".join(
+            f'<a href="#{s}">{s}</a>'
+            for s in (
+                "design",
+                "overlap",
+                "summary",
+                "tables",
+                "plots",
+                "montages",
+                "timings",
+                "environment",
+                "failures",
+            )
+        )
+        + "</nav>"
+    )
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>ptychobench study report: {_esc(name)}</title>\n<style>\n{_CSS}\n</style>\n"
+        "</head>\n<body>\n"
+        f"<h1>ptychobench study report: {_esc(name)}</h1>\n"
+        + _headline_html(summary, jobs, n_cmp, missing)
+        + "\n"
+        + nav
+        + "\n"
+        + "\n".join(sections)
+        + "\n</body>\n</html>\n"
+    )
+    out = analysis / "report.html"
+    with atomic_open(out, "w") as fh:
+        fh.write(page)
+    written.append(out)
+    return written
