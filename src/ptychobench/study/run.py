@@ -649,9 +649,16 @@ def run_study(
     run = Path(run_dir)
     manifest = _prepare(run, design, design_text, clobber)
     jobs = select(plan(design), only or {}, design)
-    write_manifest(run, manifest)
     result = StudyResult(run_dir=run)
-    started = _now()
+    # recorded up front so a killed run still leaves its trace (finished_at stays null)
+    this_run: dict[str, Any] = {
+        "started_at": _now(),
+        "finished_at": None,
+        "executor": executor,
+        "only": only or {},
+    }
+    manifest["runs"].append(this_run)
+    write_manifest(run, manifest)
     display = _Display(len(jobs), sys.stderr.isatty() if progress is None else progress)
     try:
         if executor == "local":
@@ -669,17 +676,12 @@ def run_study(
             display.finish(job.id, rec)
     finally:
         display.close()
-        manifest["runs"].append(
-            {
-                "started_at": started,
-                "finished_at": _now(),
-                "executor": executor,
-                "only": only or {},
-                "n_run": len(result.ran),
-                "n_skipped": len(result.skipped),
-                "n_failed": len(result.failed),
-                "n_blocked": len(result.blocked),
-            }
+        this_run.update(
+            finished_at=_now(),
+            n_run=len(result.ran),
+            n_skipped=len(result.skipped),
+            n_failed=len(result.failed),
+            n_blocked=len(result.blocked),
         )
         write_manifest(run, manifest)
         shutil.rmtree(run / STAGING / "replaced", ignore_errors=True)
