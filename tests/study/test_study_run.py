@@ -163,8 +163,14 @@ def test_reference_run_is_complete_and_verified(reference_run):
     assert sparse["metric_2_neighbors"] < dense["metric_2_neighbors"]
     rep = json.loads((run / "analysis" / "verification_report.json").read_text())
     assert rep["all_valid"] and rep["n_invalid"] == 0 and rep["n_checks"] >= 6
-    for name in ("report.html", "dose_response.png", "deltas.json", "highlights.txt",
-                 "metrics_long.csv", "artifact_inventory.txt"):
+    for name in (
+        "report.html",
+        "dose_response.png",
+        "deltas.json",
+        "highlights.txt",
+        "metrics_long.csv",
+        "artifact_inventory.txt",
+    ):
         assert (run / "analysis" / name).exists(), name
     assert not (run / ".staging").exists() or not any((run / ".staging").iterdir())
 
@@ -278,20 +284,32 @@ def test_other_design_in_same_dir_needs_clobber(reference_run, tmp_path):
     other = TINY.replace("epochs = 8", "epochs = 9")
     cfg = tmp_path / "other.toml"
     cfg.write_text(other)
-    p = _cli("study", "run", str(cfg), "--out", str(run), "--only", "dose=1000,view=sparse,split=test")
+    p = _cli(
+        "study", "run", str(cfg), "--out", str(run), "--only", "dose=1000,view=sparse,split=test"
+    )
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2
     assert err.count("\n") == 1 and "--clobber" in err and "different study" in err
     before = sorted(x.relative_to(run).as_posix() for x in run.rglob("*") if x.is_file())
     # --clobber archives (never deletes) then runs the subset
-    p = _cli("study", "run", str(cfg), "--out", str(run), "--clobber", "--no-progress",
-             "--only", "dose=1000,view=sparse,split=test")
+    p = _cli(
+        "study",
+        "run",
+        str(cfg),
+        "--out",
+        str(run),
+        "--clobber",
+        "--no-progress",
+        "--only",
+        "dose=1000,view=sparse,split=test",
+    )
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-2000:]
     archives = list((run / "archive").iterdir())
     assert len(archives) == 1
-    archived = sorted(x.relative_to(archives[0]).as_posix() for x in archives[0].rglob("*")
-                      if x.is_file())
+    archived = sorted(
+        x.relative_to(archives[0]).as_posix() for x in archives[0].rglob("*") if x.is_file()
+    )
     assert archived == before
     assert (run / "compare/dose_1000/sparse/test/comparison_metrics.csv").exists()
     assert not (run / "compare/dose_1000/dense").exists()
