@@ -5,6 +5,8 @@ This is what ``ptychobench train`` and the study call; :mod:`ptychobench.train` 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -105,12 +107,15 @@ def fit(
     """Train a PtychoPINN or Baseline on ``ds`` and write its bundle to ``out_dir``.
 
     The baseline is trained on single patterns (gs1 groups of ``ds``'s positions, or the view's
-    groups flattened); the PINN on groups of ``gridsize``. Model initialisation is seeded with
+    groups' unique members); the PINN on groups of ``gridsize``. Model initialisation is seeded with
     the training seed.
     """
     cfg = TrainConfig.model_validate(train_config or {})
-    g = gridsize if kind == "pinn" else (ds.groups.shape[1] ** 0.5 if ds.groups is not None else 1)
-    g = int(round(g))
+    g = gridsize if kind == "pinn" else 1
+    if kind == "baseline" and ds.groups is not None and ds.groups.shape[1] > 1:
+        # a gs2 view lists most positions in several groups; the baseline sees single patterns,
+        # so it trains on each of the view's positions once instead of C times
+        ds = dataclasses.replace(ds, groups=np.unique(ds.groups)[:, None])
     arrays = training_arrays(
         ds, g, neighbor_count=neighbor_count, seed=cfg.seed, need_Y=kind == "baseline"
     )
