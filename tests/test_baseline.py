@@ -67,8 +67,9 @@ def test_flattening_is_group_major_and_offsets_ignored():
     single = model.predict(d.reshape(12, 1, 32, 32))
     torch.testing.assert_close(grouped, single, rtol=1e-5, atol=1e-6)
     # pattern (b, c) is output b·C + c
-    torch.testing.assert_close(grouped[2 * 4 + 1], model.predict(d[2:3, 1:2])[0], rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        grouped[2 * 4 + 1], model.predict(d[2:3, 1:2])[0], rtol=1e-5, atol=1e-6
+    )
     # the baseline never sees positions: huge absolute offsets change nothing
     torch.testing.assert_close(model.predict(d, torch.full((3, 4, 2), 273.0)), grouped)
     torch.testing.assert_close(model.predict(d, None), grouped)
@@ -97,9 +98,7 @@ def test_wrap_phase_and_loss_values():
     assert float(zero) < 1e-6
     # amplitude error 0.1 everywhere, phase error across the branch cut: 0.2, not 2π − 0.2
     target = torch.polar(torch.ones(4, 8, 8), torch.full((4, 8, 8), -math.pi + 0.1))
-    loss = supervised_loss(
-        torch.full((4, 8, 8), 0.9), torch.full((4, 8, 8), math.pi - 0.1), target
-    )
+    loss = supervised_loss(torch.full((4, 8, 8), 0.9), torch.full((4, 8, 8), math.pi - 0.1), target)
     assert float(loss) == pytest.approx(0.1 + 0.2, abs=1e-5)
     # the phase part has gradient ±1 per element (mean → 1/numel)
     phase = torch.full((4, 8, 8), math.pi - 0.1, requires_grad=True)

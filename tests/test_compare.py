@@ -19,14 +19,24 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def ds():
     return simulate(
-        SimulationConfig(N=32, object="image:camera+astronaut", object_size=128, scan="raster",
-                         step_px=5.0, noise="none", seed=4)
+        SimulationConfig(
+            N=32,
+            object="image:camera+astronaut",
+            object_size=128,
+            scan="raster",
+            step_px=5.0,
+            noise="none",
+            seed=4,
+        )
     )
 
 
 def arm(img, seconds=1.0):
-    return Reconstruction(np.asarray(img, np.complex64), np.ones(img.shape, np.float32),
-                          {"seconds": seconds, "n_patterns": 7})
+    return Reconstruction(
+        np.asarray(img, np.complex64),
+        np.ones(img.shape, np.float32),
+        {"seconds": seconds, "n_patterns": 7},
+    )
 
 
 def noisy(truth, sigma, seed):
@@ -80,7 +90,8 @@ def test_output_files(ds, tmp_path):
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert set(doc["models"]) == {"PtyChi", "Flat"}
     assert doc["models"]["PtyChi"]["ssim"]["phase"] == pytest.approx(
-        float(by[("PtyChi", "ssim")]["phase"]))
+        float(by[("PtyChi", "ssim")]["phase"])
+    )
     frc_rows = list(csv.DictReader(open(tmp_path / "frc_curves.csv")))
     assert list(frc_rows[0]) == ["model", "frequency", "amplitude_frc", "phase_frc"]
     assert {r["model"] for r in frc_rows} == {"PtyChi", "Flat"}
@@ -97,8 +108,11 @@ def test_no_floor(ds, tmp_path):
 
 
 def test_failed_arm_keeps_empty_rows_and_an_error_row(ds, tmp_path):
-    res = compare(ds, {"PtyChi": arm(np.zeros_like(ds.objectGuess)),
-                       "Baseline": arm(ds.objectGuess)}, tmp_path)
+    res = compare(
+        ds,
+        {"PtyChi": arm(np.zeros_like(ds.objectGuess)), "Baseline": arm(ds.objectGuess)},
+        tmp_path,
+    )
     assert not res.ok and "all zeros" in res.errors["PtyChi"]
     rows = list(csv.DictReader(open(tmp_path / "comparison_metrics.csv")))
     mine = [r for r in rows if r["model"] == "PtyChi"]
@@ -108,8 +122,12 @@ def test_failed_arm_keeps_empty_rows_and_an_error_row(ds, tmp_path):
 
 
 def test_reconstruction_file_round_trip(tmp_path):
-    rec = Reconstruction(np.ones((5, 6), np.complex64) * 1j, np.full((5, 6), 2, np.float32),
-                         {"arm": "X", "seconds": 1.5}, np.ones((4, 4), np.complex64))
+    rec = Reconstruction(
+        np.ones((5, 6), np.complex64) * 1j,
+        np.full((5, 6), 2, np.float32),
+        {"arm": "X", "seconds": 1.5},
+        np.ones((4, 4), np.complex64),
+    )
     write_reconstruction(rec, tmp_path / "r.npz")
     back = read_reconstruction(tmp_path / "r.npz", shape=(5, 6))
     assert np.array_equal(back.reconstructed_object, rec.reconstructed_object)
@@ -137,26 +155,38 @@ def run(*args):
 
 
 def test_cli_compare_writes_the_bundle(files, tmp_path):
-    r = run("compare", files / "d.npz", "--out-dir", tmp_path / "c", "--iterative",
-            files / "good.npz", "--arm", f"Other={files / 'good.npz'}")
+    r = run(
+        "compare",
+        files / "d.npz",
+        "--out-dir",
+        tmp_path / "c",
+        "--iterative",
+        files / "good.npz",
+        "--arm",
+        f"Other={files / 'good.npz'}",
+    )
     assert r.exit_code == 0, r.output
     assert "PtyChi" in r.stdout and "Other" in r.stdout and "Flat" in r.stdout
     assert (tmp_path / "c" / "comparison_metrics.csv").exists()
 
 
-@pytest.mark.parametrize("name,extra,words", [
-    ("no_object", [], ["reconstructed_object"]),
-    ("real", [], ["reconstructed_object", "complex"]),
-    ("shape", [], ["reconstructed_object", "shape"]),
-    ("good", ["--stitch-crop-size", "0"], ["crop", "M"]),
-    ("good", ["--stitch-crop-size", "33"], ["crop", "33"]),
-    ("good", ["--registration", "some"], ["registration"]),
-    ("good", ["--phase-align", "cubic"], ["phase_align"]),
-])
+@pytest.mark.parametrize(
+    "name,extra,words",
+    [
+        ("no_object", [], ["reconstructed_object"]),
+        ("real", [], ["reconstructed_object", "complex"]),
+        ("shape", [], ["reconstructed_object", "shape"]),
+        ("good", ["--stitch-crop-size", "0"], ["crop", "M"]),
+        ("good", ["--stitch-crop-size", "33"], ["crop", "33"]),
+        ("good", ["--registration", "some"], ["registration"]),
+        ("good", ["--phase-align", "cubic"], ["phase_align"]),
+    ],
+)
 def test_cli_bad_input_is_one_clear_line(files, tmp_path, name, extra, words):
     out = tmp_path / "c"
-    r = run("compare", files / "d.npz", "--out-dir", out, "--iterative", files / f"{name}.npz",
-            *extra)
+    r = run(
+        "compare", files / "d.npz", "--out-dir", out, "--iterative", files / f"{name}.npz", *extra
+    )
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
@@ -177,8 +207,16 @@ def test_cli_failed_arm_exits_nonzero_but_writes_everything(files, tmp_path, ds)
     zero = tmp_path / "zero.npz"
     write_reconstruction(arm(np.zeros_like(ds.objectGuess)), zero)
     out = tmp_path / "c"
-    r = run("compare", files / "d.npz", "--out-dir", out, "--iterative", zero, "--baseline",
-            files / "good.npz")
+    r = run(
+        "compare",
+        files / "d.npz",
+        "--out-dir",
+        out,
+        "--iterative",
+        zero,
+        "--baseline",
+        files / "good.npz",
+    )
     assert r.exit_code == 1
     assert "PtyChi" in r.stderr and "all zeros" in r.stderr
     assert (out / "comparison_metrics.csv").exists() and (out / "metrics.json").exists()
@@ -192,9 +230,20 @@ def test_cli_compare_with_bundles_and_baseline_debug_options(ds, tmp_path):
     fit(ds, "pinn", tmp_path / "pinn", train_config=tc, n_filters_scale=0.25, progress=False)
     fit(ds, "baseline", tmp_path / "base", train_config=tc, n_filters_scale=0.25, progress=False)
     out, dbg = tmp_path / "c", tmp_path / "dbg"
-    r = run("compare", tmp_path / "d.npz", "--out-dir", out, "--pinn", tmp_path / "pinn",
-            "--baseline", tmp_path / "base", "--baseline-debug-limit", "100",
-            "--baseline-debug-dir", dbg)
+    r = run(
+        "compare",
+        tmp_path / "d.npz",
+        "--out-dir",
+        out,
+        "--pinn",
+        tmp_path / "pinn",
+        "--baseline",
+        tmp_path / "base",
+        "--baseline-debug-limit",
+        "100",
+        "--baseline-debug-dir",
+        dbg,
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["settings"]["debug_limited"] is True
@@ -203,8 +252,16 @@ def test_cli_compare_with_bundles_and_baseline_debug_options(ds, tmp_path):
     assert doc["models"]["PtychoPINN"]["computation_time_s"] > 0
     stats = json.loads((dbg / "baseline_debug_stats.json").read_text())
     assert stats["input"]["shape"] == [100, 1, 32, 32]
-    r = run("compare", tmp_path / "d.npz", "--out-dir", tmp_path / "c2", "--baseline",
-            tmp_path / "base", "--baseline-debug-limit", "3")
+    r = run(
+        "compare",
+        tmp_path / "d.npz",
+        "--out-dir",
+        tmp_path / "c2",
+        "--baseline",
+        tmp_path / "base",
+        "--baseline-debug-limit",
+        "3",
+    )
     assert r.exit_code == 1 and "too small" in r.stderr  # 3 patterns: a sliver, said clearly
     rows = list(csv.DictReader(open(out / "comparison_metrics.csv")))
     assert any(r["model"] == "Baseline" and r["metric"] == "debug_limited" for r in rows)

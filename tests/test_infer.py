@@ -46,8 +46,18 @@ def test_non_square_channel_count_rejected():
 def shifted_splits():
     """Train positions with mean ≈185 px, test ≈273 px, like the reference's failing study."""
     # a smooth, high-contrast object: a few seconds of training give images that register
-    ds = simulate(SimulationConfig(N=32, object="grf", object_size=380, a_min=0.3,
-                                   scan="raster", step_px=5.0, dose=1e5, seed=2))
+    ds = simulate(
+        SimulationConfig(
+            N=32,
+            object="grf",
+            object_size=380,
+            a_min=0.3,
+            scan="raster",
+            step_px=5.0,
+            dose=1e5,
+            seed=2,
+        )
+    )
     keep = (ds.xcoords > 140) & (ds.xcoords < 320) & (ds.ycoords > 140) & (ds.ycoords < 320)
     ds = ds.select(np.flatnonzero(keep))
     train, test = split(ds, axis="y", fraction=0.5)
@@ -62,8 +72,15 @@ def test_shifted_test_split_gives_nonzero_images_registered_within_1px(
 ):
     train, test = shifted_splits
     tv = make_view(train, 2, neighbor_count=6) if gridsize == 2 else train
-    fit(tv, kind, tmp_path / "m", gridsize=gridsize, train_config=TRAIN, n_filters_scale=0.25,
-        progress=False)
+    fit(
+        tv,
+        kind,
+        tmp_path / "m",
+        gridsize=gridsize,
+        train_config=TRAIN,
+        n_filters_scale=0.25,
+        progress=False,
+    )
     net, cfg = load_bundle(tmp_path / "m")
     view = make_view(test, 2, neighbor_count=6) if gridsize == 2 else test
     rec = infer(net, view, train_stats=cfg["data"], debug_dir=tmp_path / "dbg")
@@ -87,8 +104,11 @@ def test_shifted_test_split_gives_nonzero_images_registered_within_1px(
 
 
 def test_dose_mismatch_warns_with_both_numbers(caplog):
-    ds = simulate(SimulationConfig(N=32, object="grf", object_size=96, scan="raster",
-                                   step_px=8.0, dose=1e3, seed=0))
+    ds = simulate(
+        SimulationConfig(
+            N=32, object="grf", object_size=96, scan="raster", step_px=8.0, dose=1e3, seed=0
+        )
+    )
     train_stats = {**data_statistics(ds), "mean_photons": 1e4}
     with caplog.at_level(logging.WARNING):
         report = check_input_shift(train_stats, ds, "PtychoPINN")
@@ -109,8 +129,9 @@ class _Zero(torch.nn.Module):
 
 
 def test_all_zero_output_is_a_hard_error_after_debug_artifacts(tmp_path):
-    ds = simulate(SimulationConfig(N=32, object="grf", object_size=96, scan="raster",
-                                   step_px=8.0, seed=0))
+    ds = simulate(
+        SimulationConfig(N=32, object="grf", object_size=96, scan="raster", step_px=8.0, seed=0)
+    )
     with pytest.raises(InferenceError, match=r"Baseline: stitched output is all zeros.*d\.npz"):
         infer(_Zero(), ds, data_source="d.npz", debug_dir=tmp_path)
     stats = json.loads((tmp_path / "baseline_debug_stats.json").read_text())
@@ -121,8 +142,14 @@ def test_all_zero_output_is_a_hard_error_after_debug_artifacts(tmp_path):
 
 def test_streaming_chunks_equal_one_shot(shifted_splits, tmp_path):
     train, test = shifted_splits
-    fit(train, "pinn", tmp_path / "m", train_config={**TRAIN, "epochs": 1},
-        n_filters_scale=0.25, progress=False)
+    fit(
+        train,
+        "pinn",
+        tmp_path / "m",
+        train_config={**TRAIN, "epochs": 1},
+        n_filters_scale=0.25,
+        progress=False,
+    )
     net, cfg = load_bundle(tmp_path / "m")
     a = infer(net, test, batch_size=7).reconstructed_object
     b = infer(net, test, batch_size=10_000).reconstructed_object

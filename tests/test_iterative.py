@@ -15,14 +15,21 @@ pytestmark = pytest.mark.skipif(not ptychi_available()[0], reason="pty-chi not i
 
 
 def small(**kw):
-    base = dict(N=32, object="image:camera+astronaut", object_size=96, scan="raster",
-                noise="none", seed=3)
+    base = dict(
+        N=32, object="image:camera+astronaut", object_size=96, scan="raster", noise="none", seed=3
+    )
     return simulate(SimulationConfig(**{**base, **kw}))
 
 
 def drift(ds, **kw):
-    cfg = IterativeConfig(epochs=2, device="cpu", progress=False, init_from_truth=True,
-                          probe_scale=ds.metadata["scale"], **kw)
+    cfg = IterativeConfig(
+        epochs=2,
+        device="cpu",
+        progress=False,
+        init_from_truth=True,
+        probe_scale=ds.metadata["scale"],
+        **kw,
+    )
     rec = reconstruct(ds, cfg)
     sl = (slice(24, 72), slice(24, 72))
     a, b = rec.reconstructed_object[sl], ds.objectGuess[sl]
@@ -53,8 +60,17 @@ def test_subpixel_positions_match_to_the_interpolation_model():
 
 
 def test_noiseless_reconstruction_from_ones_reaches_phase_ssim_095():
-    ds = simulate(SimulationConfig(N=64, object="image:camera+astronaut", object_size=160,
-                                   scan="raster", overlap=0.7, noise="none", seed=1))
+    ds = simulate(
+        SimulationConfig(
+            N=64,
+            object="image:camera+astronaut",
+            object_size=160,
+            scan="raster",
+            overlap=0.7,
+            noise="none",
+            seed=1,
+        )
+    )
     rec = reconstruct(ds, IterativeConfig(epochs=100, device="cpu", progress=False))
     assert rec.metadata["init_from_truth"] is False
     import tempfile
@@ -108,12 +124,24 @@ def test_cli_reconstruct(tmp_path):
     ds = small(step_px=8.0)
     save(ds, tmp_path / "d.npz")
     runner = CliRunner()
-    r = runner.invoke(app, ["reconstruct", str(tmp_path / "d.npz"), "--out",
-                            str(tmp_path / "r.npz"), "--epochs", "2", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "reconstruct",
+            str(tmp_path / "d.npz"),
+            "--out",
+            str(tmp_path / "r.npz"),
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rec = read_reconstruction(tmp_path / "r.npz", ds.objectGuess.shape)
     assert rec.metadata["epochs"] == 2
     for extra, word in ((["--engine", "sgd"], "engine"), (["--epochs", "0"], "epochs")):
-        r = runner.invoke(app, ["reconstruct", str(tmp_path / "d.npz"), "--out",
-                                str(tmp_path / "x.npz"), *extra])
+        r = runner.invoke(
+            app, ["reconstruct", str(tmp_path / "d.npz"), "--out", str(tmp_path / "x.npz"), *extra]
+        )
         assert r.exit_code == 2 and word in r.stderr and not (tmp_path / "x.npz").exists()

@@ -76,9 +76,10 @@ def test_merge_reextract_integer_offsets_per_group():
     offsets = torch.stack([INT_OFFSETS, second])
     assert float(offsets.sum(dim=1).abs().max()) == 0.0  # zero-mean groups
     centres = [(48.0, 50.0), (70.0, 61.0)]
-    patches = torch.stack(
-        [member_patches(obj, c, o, N) for c, o in zip(centres, offsets, strict=True)]
-    ) * win
+    patches = (
+        torch.stack([member_patches(obj, c, o, N) for c, o in zip(centres, offsets, strict=True)])
+        * win
+    )
     canvas, weight = merge_patches(patches, offsets, win, pad)
     assert canvas.shape == (2, N + 2 * pad, N + 2 * pad)
     back = extract_from_canvas(canvas, offsets, N)
@@ -384,7 +385,10 @@ def test_training_steps_reduce_loss():
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_build_model_roundtrip(probe_trainable, gridsize):
     model = make_pinn(
-        32, gridsize=gridsize, probe_trainable=probe_trainable, intensity_scale=123.0,
+        32,
+        gridsize=gridsize,
+        probe_trainable=probe_trainable,
+        intensity_scale=123.0,
         intensity_scale_trainable=False,
     )
     cfg = model.config.model_dump(mode="json")

@@ -93,14 +93,29 @@ def test_object_and_probe_from_files(tmp_path, pair):
     save(clean, tmp_path / "src.npz")
     save(clean, tmp_path / "src.cxi")
     for ext in ("npz", "cxi"):
-        ds = simulate(SimulationConfig(N=32, object=str(tmp_path / f"src.{ext}"),
-                                       probe=str(tmp_path / f"src.{ext}"), scan="random",
-                                       n_positions=20, seed=1))
+        ds = simulate(
+            SimulationConfig(
+                N=32,
+                object=str(tmp_path / f"src.{ext}"),
+                probe=str(tmp_path / f"src.{ext}"),
+                scan="random",
+                n_positions=20,
+                seed=1,
+            )
+        )
         assert np.array_equal(ds.objectGuess, clean.objectGuess)
         assert np.array_equal(ds.probeGuess, clean.probeGuess)
     with pytest.raises(ValueError, match=r"expected shape \(64, 64\)"):
-        simulate(SimulationConfig(N=64, probe=str(tmp_path / "src.npz"), object="grf",
-                                  object_size=128, scan="random", n_positions=4))
+        simulate(
+            SimulationConfig(
+                N=64,
+                probe=str(tmp_path / "src.npz"),
+                object="grf",
+                object_size=128,
+                scan="random",
+                n_positions=4,
+            )
+        )
 
 
 def test_a_file_named_like_a_generator_does_not_shadow_it(tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ This is what ``ptychobench train`` and the study call; :mod:`ptychobench.train` 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from pathlib import Path
 from typing import Any, Literal

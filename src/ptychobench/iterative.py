@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from importlib import metadata as importlib_metadata
 from typing import Literal
 
@@ -173,7 +174,10 @@ def _quiet_ptychi():
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            # pty-chi's own internals trip this one every epoch; it says nothing about our data
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+            yield levels[1]
     finally:
         for lg, lv in zip(loggers, levels, strict=True):
             lg.setLevel(lv)
@@ -205,8 +209,8 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
     p = BUFFER_PAD
     shape = tuple(int(n) - 2 * p for n in task_data["object_data"].shape[-2:])
     t0 = time.perf_counter()
-    with _quiet_ptychi(), PtychographyTask(opts, **task_data) as task:
-        _run_epochs(task, cfg)
+    with _quiet_ptychi() as root_level, PtychographyTask(opts, **task_data) as task:
+        _run_epochs(task, cfg, root_level)
         obj = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
         probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / scale)
     seconds = time.perf_counter() - t0
@@ -231,10 +235,26 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
     )
 
 
-def _run_epochs(task, cfg: IterativeConfig) -> None:
+def _run_epochs(task, cfg: IterativeConfig, root_level: int = logging.WARNING) -> None:
     """Run epoch by epoch so a progress bar can follow; same result as one call."""
     if not cfg.progress:
-        task.run()
+        # plain log lines instead of a bar (a study shows them as the current job's progress)
+        every = max(1, cfg.epochs // 10)
+        for done in range(0, cfg.epochs, every):
+            n = min(every, cfg.epochs - done)
+            task.run(n)
+            if root_level <= logging.INFO:  # pty-chi's chatter stays muted, ours does not
+                log.handle(
+                    log.makeRecord(
+                        log.name,
+                        logging.INFO,
+                        __file__,
+                        0,
+                        "pty-chi %s: epoch %d/%d",
+                        (cfg.engine, done + n, cfg.epochs),
+                        None,
+                    )
+                )
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

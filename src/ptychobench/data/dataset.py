@@ -396,4 +396,3 @@ def photons_per_pattern(diffraction: np.ndarray, chunk: int = 4096) -> np.ndarra
         block = np.asarray(diffraction[start : start + chunk], dtype=np.float64)
         out[start : start + chunk] = np.einsum("nij,nij->n", block, block)
     return out
-

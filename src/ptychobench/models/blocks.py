@@ -134,7 +134,10 @@ class ConvPool(nn.Sequential):
 
     def __init__(self, c_in: int, w: int) -> None:
         super().__init__(
-            _conv(c_in, w), nn.ReLU(inplace=True), _conv(w, w), nn.ReLU(inplace=True),
+            _conv(c_in, w),
+            nn.ReLU(inplace=True),
+            _conv(w, w),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
 
@@ -144,7 +147,10 @@ class ConvUp(nn.Sequential):
 
     def __init__(self, c_in: int, w: int) -> None:
         super().__init__(
-            _conv(c_in, w), nn.ReLU(inplace=True), _conv(w, w), nn.ReLU(inplace=True),
+            _conv(c_in, w),
+            nn.ReLU(inplace=True),
+            _conv(w, w),
+            nn.ReLU(inplace=True),
             nn.Upsample(scale_factor=2, mode="nearest"),
         )
 

@@ -366,7 +366,9 @@ class PtychoPINN(nn.Module):
         B, C = object_patches.shape[:2]
         N = self.config.N
         if object_patches.ndim != 4 or tuple(object_patches.shape[1:]) != (
-            self.config.channels, N, N,
+            self.config.channels,
+            N,
+            N,
         ):
             raise ValueError(
                 f"object_patches: expected shape (B, {self.config.channels}, {N}, {N}), "

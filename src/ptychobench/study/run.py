@@ -228,7 +228,11 @@ def _job_log(path: Path, listener: logging.Handler | None = None) -> Iterator[No
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     old_level = root.level
-    root.setLevel(logging.INFO)
+    # the file wants INFO; the console handlers already there keep their old threshold
+    quiet = [(h, h.level) for h in root.handlers if h.level < old_level]
+    for h, _ in quiet:
+        h.setLevel(old_level)
+    root.setLevel(min(old_level, logging.INFO))
     root.addHandler(fh)
     if listener is not None:
         root.addHandler(listener)
@@ -241,6 +245,8 @@ def _job_log(path: Path, listener: logging.Handler | None = None) -> Iterator[No
         if listener is not None:
             root.removeHandler(listener)
         root.setLevel(old_level)
+        for h, lv in quiet:
+            h.setLevel(lv)
         fh.close()
 
 
@@ -449,6 +455,7 @@ class _Display:
 
     def close(self) -> None:
         if self.progress is not None:
+            self.progress.remove_task(self.current)
             self.progress.stop()
 
 
