@@ -53,6 +53,12 @@ class ViewSpec(_Strict):
         None, ge=1, description="groups per split (None: one per kept position)"
     )
     neighbor_count: int = Field(6, ge=1, description="K nearest neighbours for gs2 groups")
+    crop_size_M: int | None = Field(
+        None,
+        ge=1,
+        description="stitch crop for this view (default: metrics.crop_size_M); a sparse view "
+        "needs a wider one (e.g. N/2, the decoder's support) or its gaps stay uncovered",
+    )
 
 
 class SplitSpec(_Strict):

@@ -190,7 +190,7 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     if job.kind == "iterative":
         return design.iterative_config().model_dump(exclude={"progress", "device"})
     if job.kind == "compare":
-        return {"metrics": design.metrics.model_dump()}
+        return {"metrics": design.metrics.model_dump(), "crop_size_M": _crop(job, design)}
     return {}
 
 
@@ -362,6 +362,11 @@ def _run_iterative(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pr
     write_reconstruction(rec, out)
 
 
+def _crop(job: Job, design: StudyDesign) -> int | None:
+    spec = design.views[job.view]
+    return spec.crop_size_M if spec.crop_size_M is not None else design.metrics.crop_size_M
+
+
 def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
     from ptychobench.data.recon import read_reconstruction
     from ptychobench.evaluate.compare import CompareSettings, compare
@@ -381,7 +386,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
                 ds,
                 train_stats=cfg.get("data"),
                 device=design.device,
-                crop_size_M=design.metrics.crop_size_M,
+                crop_size_M=_crop(job, design),
                 data_source=rel,
                 arm=name,
                 neighbor_count=spec.neighbor_count,
@@ -402,7 +407,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
         arms,
         stage / job.outputs[0],
         CompareSettings(
-            crop_size_M=m.crop_size_M,
+            crop_size_M=_crop(job, design),
             registration=m.registration,
             phase_align=m.phase_align,
             ms_ssim_sigma=m.ms_ssim_sigma,
