@@ -506,7 +506,7 @@ def _overlap_html(run_dir: Path, conds: list[tuple]) -> str:
     body = []
     for dose, view, split in conds:
         rep = _read_json(run_dir / "data" / _dose_label(dose) / view / f"overlap_{split}.json")
-        cells = [_td(dose), _td_text(view), _td_text(split)]
+        cells = [_td(int(float(dose))), _td_text(view), _td_text(split)]
         if not isinstance(rep, dict):
             cells.append(f'<td class="na" colspan="{len(header) - 3}">overlap report missing</td>')
         else:
@@ -647,7 +647,7 @@ def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
                         vals.append(v)
                 if vals:
                     best[p] = max(vals) if HIGHER_IS_BETTER[metric] else min(vals)
-            cells = [_td(dose), _td_text(view), _td_text(split)]
+            cells = [_td(int(float(dose))), _td_text(view), _td_text(split)]
             for a in arms:
                 r = index.get((k, a, metric))
                 for p in parts:
