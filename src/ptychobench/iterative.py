@@ -168,6 +168,26 @@ def _frame_shape(ds: PtychoDataset) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
+def _deterministic():
+    """Deterministic torch kernels while pty-chi runs (same data ⇒ same bytes).
+
+    pty-chi's object update accumulates with scatter-style kernels whose multi-threaded CPU
+    versions add in a run-dependent order: with 2 threads, three identical LSQML runs gave three
+    different images (1e-8 apart). The deterministic versions give the 1-thread result at any
+    thread count. ``warn_only`` keeps GPU kernels without a deterministic version usable.
+    """
+    was, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+@contextlib.contextmanager
 def _quiet_ptychi():
     loggers = [logging.getLogger(n) for n in ("ptychi", "root")]
     levels = [lg.level for lg in loggers]
@@ -209,7 +229,11 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
     p = BUFFER_PAD
     shape = tuple(int(n) - 2 * p for n in task_data["object_data"].shape[-2:])
     t0 = time.perf_counter()
-    with _quiet_ptychi() as root_level, PtychographyTask(opts, **task_data) as task:
+    with (
+        _deterministic(),
+        _quiet_ptychi() as root_level,
+        PtychographyTask(opts, **task_data) as task,
+    ):
         _run_epochs(task, cfg, root_level)
         obj = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
         probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / scale)
