@@ -349,3 +349,10 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
     with pytest.raises(StudyError, match="not empty"):
         run_study(_design(), run, design_text=TINY, progress=False)
     assert os.listdir(run) == ["precious.txt"]
+
+
+def test_bad_filter_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(StudyError, match=r"--only view: expected one of \['dense', 'sparse'\]"):
+        run_study(_design(), run, design_text=TINY, only={"view": "wide"}, progress=False)
+    assert not run.exists()

@@ -654,8 +654,8 @@ def run_study(
     if executor == "local" and (scheduler or workers):
         raise StudyError("--scheduler/--workers need --executor dask")
     run = Path(run_dir)
+    jobs = select(plan(design), only or {}, design)  # a bad filter fails before anything is written
     manifest = _prepare(run, design, design_text, clobber)
-    jobs = select(plan(design), only or {}, design)
     result = StudyResult(run_dir=run)
     # recorded up front so a killed run still leaves its trace (finished_at stays null)
     this_run: dict[str, Any] = {
