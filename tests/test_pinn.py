@@ -478,3 +478,37 @@ def test_parameter_and_flop_counts(capsys):
         build_model(cfg2, random_probe(64)), torch.rand(1, 4, 64, 64), torch.zeros(1, 4, 2)
     )
     assert measured == conv_flops(cfg2)
+    # shared (default): the gs1 network once per member, so the same FLOPs per pattern as gs1
+    assert cfg2.channel_mode == "shared"
+    assert flops_per_pattern(cfg2) == pytest.approx(
+        flops_per_pattern(ModelConfig(kind="pinn", N=64))
+    )
+    joint = ModelConfig(kind="pinn", N=64, gridsize=2, channel_mode="joint")
+    assert flops_per_pattern(joint) < flops_per_pattern(cfg2) / 3
+    measured = count_conv_flops_measured(
+        build_model(joint, random_probe(64)), torch.rand(1, 4, 64, 64), torch.zeros(1, 4, 2)
+    )
+    assert measured == conv_flops(joint)
+
+
+def test_shared_channel_mode_decodes_each_member_on_its_own():
+    """shared: member c's patch depends on member c's pattern only (permutation equivariant)."""
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(kind="pinn", N=32, gridsize=2, n_filters_scale=0.25), random_probe(32)
+    )
+    x = torch.rand(2, 4, 32, 32)
+    perm = torch.tensor([2, 0, 3, 1])
+    out = model.decode(x)
+    torch.testing.assert_close(model.decode(x[:, perm]), out[:, perm], rtol=0, atol=1e-6)
+    y = x.clone()
+    y[:, 1] = torch.rand(2, 32, 32)  # changing member 1 leaves the others' patches untouched
+    changed = model.decode(y)
+    torch.testing.assert_close(changed[:, [0, 2, 3]], out[:, [0, 2, 3]], rtol=0, atol=1e-6)
+    assert float((changed[:, 1] - out[:, 1]).abs().max()) > 1e-3
+    joint = build_model(
+        ModelConfig(kind="pinn", N=32, gridsize=2, n_filters_scale=0.25, channel_mode="joint"),
+        random_probe(32),
+    )
+    jo, jc = joint.decode(x), joint.decode(y)
+    assert float((jc[:, 0] - jo[:, 0]).abs().max()) > 1e-4  # joint mixes members

@@ -102,6 +102,7 @@ def fit(
     resume: bool = False,
     data_source: str = "dataset",
     progress: bool | None = None,
+    channel_mode: Literal["shared", "joint"] = "shared",
 ) -> TrainResult:
     """Train a PtychoPINN or Baseline on ``ds`` and write its bundle to ``out_dir``.
 
@@ -127,6 +128,8 @@ def fit(
         loss=loss,
         max_offset=max_offset,
     )
+    if kind == "pinn":
+        mcfg["channel_mode"] = channel_mode
     probe = torch.from_numpy(ds.probeGuess.astype(np.complex64))
     model = seeded_build(lambda: build_model(mcfg, probe), cfg.seed)
     if hasattr(model, "set_input_statistics"):

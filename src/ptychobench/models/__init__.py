@@ -122,8 +122,12 @@ def conv_flops(config: ModelConfig | Mapping[str, Any]) -> float:
     N = cfg.N
     if cfg.kind == "pinn":
         C = cfg.channels
-        enc = encoder_flops(C, (w1, w2, w3), N)
-        dec = decoder_flops(w3, (w2, w1), C, N // 8)
+        if cfg.channel_mode == "shared":  # the single-channel network runs once per pattern
+            enc = C * encoder_flops(1, (w1, w2, w3), N)
+            dec = C * decoder_flops(w3, (w2, w1), 1, N // 8)
+        else:
+            enc = encoder_flops(C, (w1, w2, w3), N)
+            dec = decoder_flops(w3, (w2, w1), C, N // 8)
     else:
         enc = encoder_flops(1, (w1, w2, w3), N)
         dec = decoder_flops(w3, (w3, w2, w1), 1, N // 8)

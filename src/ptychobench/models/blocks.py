@@ -84,6 +84,13 @@ class ModelConfig(BaseModel):
     canvas_pad: int = Field(
         8, ge=0, le=4096, description="gs2 merge canvas side = N + 2 · canvas_pad (px)"
     )
+    channel_mode: Literal["shared", "joint"] = Field(
+        "shared",
+        description="PINN gs2: shared = each pattern goes through the same single-channel "
+        "network (C× the FLOPs per group) and the group is coupled by the physics merge; joint "
+        "= the C patterns are the network's C channels (one network squeezes C patches through "
+        "one bottleneck: measured worse, kept for comparison)",
+    )
     schema_version: Literal[1] = 1
 
     @field_validator("N")

@@ -298,10 +298,11 @@ class PtychoPINN(nn.Module):
             raise ValueError(f"kind: PtychoPINN needs kind 'pinn', found {config.kind!r}")
         self.config = config
         N, C = config.N, config.channels
+        c_net = 1 if config.channel_mode == "shared" else C
         w1, w2, w3 = widths(config.n_filters_scale)
-        self.encoder = Encoder(C, (w1, w2, w3))
-        self.decoder_amplitude = Decoder(w3, (w2, w1), C)
-        self.decoder_phase = Decoder(w3, (w2, w1), C)
+        self.encoder = Encoder(c_net, (w1, w2, w3))
+        self.decoder_amplitude = Decoder(w3, (w2, w1), c_net)
+        self.decoder_phase = Decoder(w3, (w2, w1), c_net)
         init_weights(self)
         p = _as_probe(probe, N)
         if config.probe_trainable:
@@ -359,9 +360,13 @@ class PtychoPINN(nn.Module):
         """
         self._check_diffraction(diffraction)
         x = diffraction * self.config.input_scale
+        B, C, N, _ = x.shape
+        if self.config.channel_mode == "shared":
+            x = x.reshape(B * C, 1, N, N)
         z = self.encoder(x)
         amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
         phase = math.pi * torch.tanh(self.decoder_phase(z).float())
+        amp, phase = amp.reshape(B, C, N // 2, N // 2), phase.reshape(B, C, N // 2, N // 2)
         q = self.config.N // 4
         return F.pad(torch.polar(amp, phase), (q, q, q, q))
 
