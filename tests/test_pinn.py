@@ -512,3 +512,17 @@ def test_shared_channel_mode_decodes_each_member_on_its_own():
     )
     jo, jc = joint.decode(x), joint.decode(y)
     assert float((jc[:, 0] - jo[:, 0]).abs().max()) > 1e-4  # joint mixes members
+
+
+def test_decode_patterns_then_merge_equals_predict():
+    """Inference decodes each distinct pattern once; the result equals the per-group path."""
+    model = make_pinn(32, gridsize=2, canvas_pad=8)
+    torch.manual_seed(1)
+    x = torch.rand(3, 4, 32, 32)
+    off = INT_OFFSETS[None].expand(3, 4, 2).float()
+    ref = model.predict(x, off)
+    patches = model.decode_patterns(x.reshape(12, 32, 32)).reshape(3, 4, 32, 32)
+    torch.testing.assert_close(model.predict_from_patches(patches, off), ref, rtol=1e-5, atol=1e-6)
+    joint = make_pinn(32, gridsize=2, channel_mode="joint")
+    with pytest.raises(ValueError, match="shared"):
+        joint.decode_patterns(x[:, 0])

@@ -265,11 +265,19 @@ def infer(
         offsets = group_offsets(coords, groups).astype(np.float32)
         model = _fit_canvas(model, offsets, dev)
         stitcher = Stitcher(shape, N, M)
+        # shared channel mode: a member's patch depends on its own pattern only, and
+        # neighbouring groups share members, so each distinct pattern of a chunk is decoded once
+        shared = gridsize > 1 and getattr(model.config, "channel_mode", "joint") == "shared"
         for start in range(0, len(groups), batch_size):
             g = groups[start : start + batch_size]
-            x = torch.from_numpy(ds.diffraction[g]).to(dev)
             off = torch.from_numpy(offsets[start : start + batch_size]).to(dev)
-            patches = model.predict(x, off)
+            if shared:
+                uniq, inv = np.unique(g, return_inverse=True)
+                decoded = model.decode_patterns(torch.from_numpy(ds.diffraction[uniq]).to(dev))
+                members = torch.from_numpy(inv.reshape(g.shape)).to(dev)
+                patches = model.predict_from_patches(decoded[members], off)
+            else:
+                patches = model.predict(torch.from_numpy(ds.diffraction[g]).to(dev), off)
             stitcher.add(patches.cpu(), centres[start : start + batch_size])
         n_used = int(groups.size)
     if dev.type == "cuda":

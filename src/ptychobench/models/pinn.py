@@ -509,9 +509,42 @@ class PtychoPINN(nn.Module):
         torch.Tensor
             (B, N, N) complex64 centred on the group centre (gs2) / the scan position (gs1).
         """
-        B, C = diffraction.shape[:2]
+        return self.predict_from_patches(self.decode(diffraction), offsets)
+
+    @torch.no_grad()
+    def decode_patterns(self, diffraction: torch.Tensor) -> torch.Tensor:
+        """Shared channel mode: decode single patterns, independent of any group.
+
+        Lets inference decode each distinct pattern of a chunk once although gs2 groups share
+        members; :meth:`predict_from_patches` then merges them per group.
+
+        Parameters
+        ----------
+        diffraction : torch.Tensor
+            (P, N, N) amplitudes.
+
+        Returns
+        -------
+        torch.Tensor
+            (P, N, N) complex64 patches, as :meth:`decode` would return them per member.
+        """
+        if self.config.channel_mode != "shared" and self.config.channels != 1:
+            raise ValueError("decode_patterns needs channel_mode 'shared' (or gridsize 1)")
+        P, N = diffraction.shape[0], self.config.N
+        x = diffraction.reshape(P, 1, N, N) * self.config.input_scale
+        z = self.encoder(x)
+        amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
+        phase = math.pi * torch.tanh(self.decoder_phase(z).float())
+        q = N // 4
+        return F.pad(torch.polar(amp, phase), (q, q, q, q))[:, 0]
+
+    @torch.no_grad()
+    def predict_from_patches(
+        self, patches: torch.Tensor, offsets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C, N, N) decoded patches → (B, N, N) object per group (gs2 merge) or pattern."""
+        B, C = patches.shape[:2]
         off = self._offsets(offsets, B, C)
-        patches = self.decode(diffraction)
         if off is None:
             return patches[:, 0]
         canvas, _ = merge_patches(patches, off, self.window, self.config.canvas_pad)
