@@ -17,31 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ptychobench.evaluate.compare import ARM_ORDER, SCALAR_ROWS, TUPLE_METRICS
 from ptychobench.study.report import dose_response_plot, montage, write_report
 
 DOSES = (1000.0, 100000.0)
 VIEWS = ("dense", "sparse")
 SPLITS = ("train", "test")
-ARMS = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
-TUPLE_METRICS = (
-    "mae",
-    "mse",
-    "psnr",
-    "psnr255",
-    "ssim",
-    "ms_ssim",
-    "pearson",
-    "frc50",
-    "frc1over7",
-    "frc_halfbit",
-)
-SCALAR_ROWS = (
-    "nrmse",
-    "registration_offset_dy",
-    "registration_offset_dx",
-    "computation_time_s",
-    "n_patterns",
-)
+ARMS = ARM_ORDER
 FAILED = (100000.0, "sparse", "test")  # the condition whose compare job fails (variant "failed")
 EVIL_ERROR = 'compare crashed: <script>alert("x")</script> & more'
 CONDITIONS = [(d, v, s) for d in DOSES for v in VIEWS for s in SPLITS]

@@ -260,6 +260,23 @@ def _outputs_intact(run_dir: Path, job: Job, record: dict[str, Any]) -> bool:
         return False
 
 
+def _new_record(job: Job) -> dict[str, Any]:
+    """A job's manifest record before it runs (closing jobs have no dose/view/split)."""
+    return {
+        "kind": job.kind,
+        **job.params(),
+        "deps": list(job.deps),
+        "log": job.log,
+        "key": None,
+        "status": "pending",
+        "seconds": None,
+        "peak_rss_mb": None,
+        "outputs": {},
+        "error": None,
+        "finished_at": None,
+    }
+
+
 def run_one(
     job: Job,
     design: StudyDesign,
@@ -273,19 +290,7 @@ def run_one(
     ``deps`` are the records of the job's dependencies; ``prior`` the job's record from an
     earlier run. A job whose dependency did not succeed is ``blocked``.
     """
-    record: dict[str, Any] = {
-        "kind": job.kind,
-        **job.params(),
-        "deps": list(job.deps),
-        "log": job.log,
-        "key": None,
-        "status": "pending",
-        "seconds": None,
-        "peak_rss_mb": None,
-        "outputs": {},
-        "error": None,
-        "finished_at": None,
-    }
+    record = _new_record(job)
     bad = [d for d in job.deps if deps.get(d, {}).get("status") != "success"]
     if bad:
         record.update(status="blocked", error=f"dependency did not succeed: {', '.join(bad)}")
@@ -349,21 +354,7 @@ def _run_remote(
 def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     from ptychobench.study import aggregate, report, verify
 
-    record = {
-        "kind": job.kind,
-        "dose": None,
-        "view": None,
-        "split": None,
-        "deps": list(job.deps),
-        "log": job.log,
-        "key": None,
-        "status": "pending",
-        "seconds": None,
-        "peak_rss_mb": None,
-        "outputs": {},
-        "error": None,
-        "finished_at": None,
-    }
+    record = _new_record(job)
     _reset_peak_rss()
     t0 = time.perf_counter()
     with _job_log(run_dir / job.log):
