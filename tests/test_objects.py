@@ -124,9 +124,70 @@ def test_unknown_spec(spec: str) -> None:
         make_object(spec, 32)
     message = str(err.value)
     assert f"unknown object {spec!r}" in message
-    assert "lines, grf, image:A+B" in message
+    assert "lines, lines:coupled, grf, image:A+B" in message
     assert "camera" in message and "astronaut" in message
     assert ".npz" in message
+
+
+def _coupled_formula(m: np.ndarray) -> np.ndarray:
+    """The PtychoPINN paper's phase of a lines map normalised to [0, 1]."""
+    return np.pi * np.tanh((m - m.max() / 2) / (3 * m.mean()))
+
+
+@pytest.mark.parametrize("a_min", [0.5, 0.2])
+def test_lines_coupled_phase_is_the_paper_formula_of_the_amplitude(a_min: float) -> None:
+    obj = make_object("lines:coupled", 128, a_min=a_min, seed=4)
+    amp = np.abs(obj).astype(np.float64)
+    phase = np.angle(obj).astype(np.float64)
+    m = (amp - a_min) / (1 - a_min)
+    # complex64 rounding of A and φ is the only slack.
+    assert np.max(np.abs(phase - _coupled_formula(m))) < 1e-5
+    # The amplitude map is the first draw of "lines" with the same seed (its amplitude map).
+    plain = make_object("lines", 128, a_min=a_min, seed=4)
+    np.testing.assert_allclose(amp, np.abs(plain), rtol=0, atol=1e-6)
+    assert not np.allclose(phase, np.angle(plain), atol=1e-3)  # only the phase differs
+
+
+@pytest.mark.parametrize("size", [96, (40, 72)])
+@pytest.mark.parametrize("a_min", [0.5, 0.0, 0.9])
+def test_lines_coupled_ranges(size: int | tuple[int, int], a_min: float) -> None:
+    obj = make_object("lines:coupled", size, a_min=a_min, seed=3)
+    assert obj.shape == ((size, size) if isinstance(size, int) else size)
+    assert obj.dtype == np.complex64
+    amp = np.abs(obj).astype(np.float64)
+    phase = np.angle(obj).astype(np.float64)
+    assert amp.min() == pytest.approx(a_min, abs=1e-6)
+    assert amp.max() == pytest.approx(1.0, abs=1e-6)
+    assert np.all(amp >= a_min - 1e-6) and np.all(amp <= 1 + 1e-6)
+    assert np.all(np.abs(phase) < np.pi)
+    assert phase.std() > 0.1
+
+
+def test_lines_coupled_ignores_phi_max() -> None:
+    # The phase is the paper's fixed formula, not scaled by phi_max.
+    a = make_object("lines:coupled", 64, phi_max=0.3, seed=2)
+    b = make_object("lines:coupled", 64, phi_max=np.pi, seed=2)
+    assert a.tobytes() == b.tobytes()
+    assert np.abs(np.angle(a)).max() > 0.3
+
+
+def test_lines_coupled_seeded_determinism_and_spelling() -> None:
+    a = make_object("lines:coupled", 64, seed=7)
+    b = make_object("lines:coupled", 64, seed=7)
+    c = make_object("lines:coupled", 64, seed=8)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+    assert make_object(" Lines:COUPLED ", 64, seed=7).tobytes() == a.tobytes()
+
+
+@pytest.mark.parametrize("spec", ["lines:bogus", "grf:coupled", "lines:", "GRF:x"])
+def test_unknown_lines_grf_variant(spec: str) -> None:
+    with pytest.raises(ValueError) as err:
+        make_object(spec, 32)
+    message = str(err.value)
+    assert repr(spec) in message
+    assert "lines:coupled" in message
+    assert "lines, lines:coupled, grf, image:A+B" in message
 
 
 @pytest.mark.parametrize(

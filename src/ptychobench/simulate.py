@@ -41,7 +41,8 @@ class SimulationConfig(BaseModel):
 
     N: int = Field(64, ge=8, le=1024, description="diffraction pattern side (px)")
     object: str = Field(
-        "image:camera+astronaut", description="lines | grf | image:A+B | path to .npz/.cxi"
+        "image:camera+astronaut",
+        description="lines | lines:coupled | grf | image:A+B | path to .npz/.cxi",
     )
     object_size: int = Field(256, ge=16, description="object side (px) for generated objects")
     a_min: float = Field(0.5, ge=0.0, lt=1.0, description="minimum object amplitude")

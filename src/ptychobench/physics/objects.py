@@ -7,6 +7,8 @@ real maps that are min-max normalised to ``[0, 1]`` and then mapped linearly::
     A = a_min + (1 - a_min) · m_A          (so min A = a_min and max A = 1 exactly)
     φ = phi_max · (2 · m_B - 1)            (so φ spans [-phi_max, phi_max] exactly)
 
+(``lines:coupled`` is the one exception: its phase is a fixed function of ``m_A``, see below.)
+
 Sources (the ``spec`` string of :func:`make_object`):
 
 ``lines``
@@ -16,6 +18,16 @@ Sources (the ``spec`` string of :func:`make_object`):
     area (400 for a 392 × 392 object, at least 1) so the texture density does not depend on size.
     Amplitude and phase come from **two independent draws** (two different line sets), so the
     phase is not a function of the amplitude and both channels carry their own structure.
+``lines:coupled``
+    The PtychoPINN paper's synthetic regime: **one** lines map ``m`` (the first draw of
+    ``lines`` with the same seed, so the amplitude equals the ``lines`` amplitude) gives both
+    channels, ``A = a_min + (1 - a_min) · m`` and the paper's fixed phase formula with the map
+    taken as ``m`` in ``[0, 1]``::
+
+        φ = π · tanh((m - max(m) / 2) / (3 · mean(m)))
+
+    The phase is a function of the amplitude and **ignores** ``phi_max``; since ``|tanh| < 1``
+    it lies strictly inside ``(-π, π)`` (its actual span depends on ``mean(m)``).
 ``grf``
     Gaussian random field with power spectrum ``S(k) ∝ (k² + k₀²)^(-β/2)``, ``β = 3``,
     ``k₀ = 1/32`` cycles/px (white noise filtered with numpy FFTs). The roll-off below ``k₀``
@@ -95,7 +107,7 @@ def list_images() -> list[str]:
 def _unknown(spec: object) -> ValueError:
     """The error for an unparseable spec or an unknown image name."""
     return ValueError(
-        f"unknown object {spec!r}: expected lines, grf, image:A+B "
+        f"unknown object {spec!r}: expected lines, lines:coupled, grf, image:A+B "
         f"(A, B in {', '.join(list_images())}) or a path to an .npz file"
     )
 
@@ -135,6 +147,14 @@ def _lines_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     # Centre crop: the 2x canvas keeps segment ends and filter edge effects out of the object.
     r_start, c_start = H // 2, W // 2
     return blurred[r_start : r_start + H, c_start : c_start + W]
+
+
+def _coupled_phase(m: np.ndarray) -> np.ndarray:
+    """The PtychoPINN phase of a normalised map ``m``: ``π·tanh((m - max m / 2) / (3·mean m))``."""
+    mean = float(m.mean())
+    if mean <= 0.0:  # constant (all-zero) map: no structure, flat phase
+        return np.zeros(m.shape, dtype=np.float64)
+    return np.pi * np.tanh((m - 0.5 * float(m.max())) / (3.0 * mean))
 
 
 def _grf_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -189,16 +209,18 @@ def make_object(
     Parameters
     ----------
     spec : str
-        ``'lines'``, ``'grf'``, ``'image:A+B'`` or ``'image:A'`` (see the module docstring;
-        image names from :func:`list_images`, case-insensitive).
+        ``'lines'``, ``'lines:coupled'``, ``'grf'``, ``'image:A+B'`` or ``'image:A'`` (see the
+        module docstring; case-insensitive, image names from :func:`list_images`).
     size : int or tuple of int
         Object side ``S`` (square ``S × S``) or ``(H, W)``, px; each side ``>= 8``.
     a_min : float
         Minimum amplitude, ``0 <= a_min < 1``; the maximum amplitude is 1.
     phi_max : float
         Phase half-range, radians, ``0 < phi_max <= π``; phase spans ``[-phi_max, phi_max]``.
+        Ignored by ``lines:coupled``, whose phase is the paper's fixed formula inside ``(-π, π)``.
     seed : int
-        Seed for ``numpy.random.default_rng`` (``lines`` and ``grf``; images ignore it).
+        Seed for ``numpy.random.default_rng`` (``lines``, ``lines:coupled`` and ``grf``; images
+        ignore it).
         The same seed gives identical arrays.
 
     Returns
@@ -221,7 +243,18 @@ def make_object(
         raise _unknown(spec)
 
     key = spec.strip().lower()
+    head, colon, variant = key.partition(":")
+    if head.strip() in ("lines", "grf") and colon:
+        # lines/grf variants: only lines:coupled exists.
+        if (head.strip(), variant.strip()) != ("lines", "coupled"):
+            raise _unknown(spec)
+        key = "lines:coupled"
     m_phase: np.ndarray | None
+    if key == "lines:coupled":
+        # One draw (the same as the amplitude draw of "lines"); the phase is a function of it.
+        m_amp = _minmax(_lines_map(shape, np.random.default_rng(seed)))
+        amplitude = a_min + (1.0 - a_min) * m_amp
+        return (amplitude * np.exp(1j * _coupled_phase(m_amp))).astype(np.complex64)
     if key in ("lines", "grf"):
         rng = np.random.default_rng(seed)
         draw = _lines_map if key == "lines" else _grf_map
