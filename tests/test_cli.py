@@ -256,6 +256,19 @@ def test_simulate_bad_arguments(tmp_path, extra, words):
     assert dir_listing(tmp_path) == []
 
 
+def test_simulate_unknown_object_variant(tmp_path):
+    out = tmp_path / "X.npz"
+    args = [a if a != "grf" else "lines:bogus" for a in SMALL]
+    r = invoke("simulate", "--out", out, *args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "lines:bogus" in lines[0] and "lines:coupled" in lines[0], lines[0]
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    assert dir_listing(tmp_path) == []
+
+
 def test_simulate_bad_extension(tmp_path):
     r = invoke("simulate", "--out", tmp_path / "d.txt", *SMALL)
     assert r.exit_code == 2 and ".npz" in r.stderr and dir_listing(tmp_path) == []
@@ -318,3 +331,71 @@ def test_view_is_all_or_nothing_when_the_second_output_fails(small_dataset, tmp_
     r = invoke("view", small_dataset, "--out", tmp_path / "v.npz", "--gridsize", "1")
     assert r.exit_code == 2 and "disk full" in r.stderr
     assert dir_listing(tmp_path) == []
+
+
+# ------------------------------------------------------------------------ stitch / merge weighting
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(small_dataset, tmp_path_factory) -> Path:
+    """An untrained gs1 PINN bundle for small_dataset (N=32): enough to run inference."""
+    import torch
+
+    from ptychobench.data.io import load
+    from ptychobench.fit import model_config_for
+    from ptychobench.infer import data_statistics
+    from ptychobench.models import build_model
+    from ptychobench.models.bundle import save_bundle
+
+    ds = load(small_dataset)
+    torch.manual_seed(0)
+    net = build_model(
+        model_config_for("pinn", ds, 1, n_filters_scale=0.25), torch.from_numpy(ds.probeGuess)
+    )
+    hist = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "lr": 1e-3, "seconds": 0.1}]
+    out = tmp_path_factory.mktemp("bundle") / "m"
+    return save_bundle(net, out, history=hist, training={"seed": 0}, data=data_statistics(ds))
+
+
+@pytest.mark.parametrize("command", ["infer", "compare", "train"])
+def test_unknown_weighting_is_one_line_exit_2_and_writes_nothing(
+    small_dataset, tiny_bundle, tmp_path, command
+):
+    out = tmp_path / "out"
+    if command == "infer":
+        args = ["infer", tiny_bundle, small_dataset, "--out", out / "r.npz"]
+        option = "--stitch-weighting"
+    elif command == "compare":
+        args = ["compare", small_dataset, "--out-dir", out, "--pinn", tiny_bundle]
+        option = "--stitch-weighting"
+    else:
+        args = ["train", small_dataset, "--model", "pinn", "--out", out, "--epochs", "1"]
+        option = "--merge-weighting"
+    r = invoke(*args, option, "bogus")
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0] == f"error: {option}: expected 'flat' or 'probe', found 'bogus'"
+    assert not out.exists()
+
+
+def test_infer_probe_weighting_records_it_in_the_reconstruction(
+    small_dataset, tiny_bundle, tmp_path
+):
+    from ptychobench.data.recon import read_reconstruction
+
+    out = tmp_path / "r.npz"
+    r = invoke("infer", tiny_bundle, small_dataset, "--out", out, "--stitch-weighting", "probe")
+    assert r.exit_code == 0, r.output
+    rec = read_reconstruction(out)
+    assert rec.metadata["stitch_weighting"] == "probe"
+    assert np.isfinite(rec.reconstructed_object).all() and np.any(rec.reconstructed_object)
+
+
+def test_compare_runs_bundles_with_the_stitch_weighting(small_dataset, tiny_bundle, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["--out-dir", out, "--pinn", tiny_bundle, "--stitch-weighting", "probe", "--no-floor"]
+    r = invoke("compare", small_dataset, *args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["settings"]["stitch_weighting"] == "probe"

@@ -154,3 +154,106 @@ def test_streaming_chunks_equal_one_shot(shifted_splits, tmp_path):
     a = infer(net, test, batch_size=7).reconstructed_object
     b = infer(net, test, batch_size=10_000).reconstructed_object
     assert np.allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- stitch weighting
+
+
+@pytest.fixture(scope="module")
+def small_sim():
+    return simulate(
+        SimulationConfig(
+            N=32, object="grf", object_size=112, scan="raster", step_px=6.0, dose=1e4, seed=4
+        )
+    )
+
+
+def _untrained(kind, ds, gridsize, **kw):
+    from ptychobench.fit import model_config_for
+    from ptychobench.models import build_model
+
+    torch.manual_seed(0)
+    cfg = model_config_for(kind, ds, gridsize, n_filters_scale=0.25, max_offset=8.0) | kw
+    return build_model(cfg, torch.from_numpy(ds.probeGuess))
+
+
+@pytest.mark.parametrize("channel_mode", ["shared", "joint"])
+def test_gs2_probe_stitching_gives_a_finite_image_and_records_the_weighting(
+    small_sim, channel_mode
+):
+    from ptychobench.stitch import stitch
+
+    view = make_view(small_sim, 2, neighbor_count=6)
+    net = _untrained("pinn", view, 2, channel_mode=channel_mode)
+    rec = infer(net, view, stitch_weighting="probe", batch_size=17)
+    img = rec.reconstructed_object
+    assert rec.metadata["stitch_weighting"] == "probe"
+    assert np.isfinite(img).all() and np.count_nonzero(img) > 1000
+    assert np.all(img[rec.coverage <= 1e-3] == 0)
+    flat = infer(net, view)
+    assert flat.metadata["stitch_weighting"] == "flat"
+    assert not np.allclose(flat.reconstructed_object, img)
+    if channel_mode == "shared":
+        # a group adds Σ_members |P|²·patch: the same as stitching every member on its own
+        # (the merge's bilinear shifts, here by half pixels, are the only difference: they
+        # blur the weight maps but keep their total)
+        groups = view.groups
+        patches = net.decode_patterns(torch.from_numpy(view.diffraction)).numpy()
+        ref, ref_cov = stitch(
+            patches[groups.ravel()],
+            view.coords[groups.ravel()],
+            img.shape,
+            weighting="probe",
+            probe=net.probe,
+        )
+        assert rec.coverage.sum() == pytest.approx(ref_cov.sum(), rel=1e-5)
+        both = (rec.coverage > 0.5) & (ref_cov > 0.5)
+        assert both.sum() > 0.9 * (ref_cov > 0.5).sum()
+        err = np.abs(img[both] - ref[both]).mean() / np.abs(ref[both]).mean()
+        assert err < 0.005, err
+
+
+def test_gs2_group_stitch_equals_member_stitch_at_integer_offsets(small_sim):
+    """Merged patch × Σw at the group centre == each member × |P|² at its own position."""
+    from ptychobench.stitch import Stitcher
+
+    net = _untrained("pinn", small_sim, 2)
+    N = 32
+    offsets = torch.tensor([[[-2.0, -1.0], [2.0, 1.0], [-1.0, 2.0], [1.0, -2.0]]]).repeat(3, 1, 1)
+    centres = np.array([[30.0, 30.0], [36.0, 31.0], [33.0, 40.0]])
+    torch.manual_seed(5)
+    patches = net.decode(torch.rand(3, 4, N, N) * 10)
+    merged, w = net.predict_from_patches(
+        patches, offsets, weighting="probe", return_weight=True, min_weight=0.0
+    )
+    a = Stitcher((80, 80), N, 8, weighting="probe", probe=net.probe)
+    a.add(merged, centres, w)
+    b = Stitcher((80, 80), N, 8, weighting="probe", probe=net.probe)
+    b.add(patches.reshape(12, N, N), (centres[:, None, :] + offsets.numpy()).reshape(12, 2))
+    (ia, ca), (ib, cb) = a.result(), b.result()
+    np.testing.assert_allclose(ca, cb, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ia, ib, rtol=0, atol=1e-5)
+    assert np.count_nonzero(ia) > 300
+
+
+@pytest.mark.parametrize("kind", ["baseline", "pinn"])
+def test_gs1_probe_stitching_weights_by_the_probe(small_sim, kind):
+    from ptychobench.stitch import stitch
+
+    net = _untrained(kind, small_sim, 1)
+    rec = infer(net, small_sim, stitch_weighting="probe")
+    img = rec.reconstructed_object
+    assert rec.metadata["stitch_weighting"] == "probe"
+    assert np.isfinite(img).all() and np.any(img)
+    zeros = torch.zeros((small_sim.n, 1, 2))
+    patches = net.predict(torch.from_numpy(small_sim.diffraction[:, None]), zeros)
+    ref, _ = stitch(
+        patches, small_sim.coords, img.shape, weighting="probe", probe=small_sim.probeGuess
+    )
+    np.testing.assert_allclose(img, ref, rtol=0, atol=1e-4)
+
+
+def test_unknown_stitch_weighting_is_rejected(small_sim):
+    net = _untrained("pinn", small_sim, 1)
+    with pytest.raises(ValueError, match="stitch weighting: expected 'flat' or 'probe', found 'x'"):
+        infer(net, small_sim, stitch_weighting="x")

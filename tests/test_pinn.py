@@ -526,3 +526,153 @@ def test_decode_patterns_then_merge_equals_predict():
     joint = make_pinn(32, gridsize=2, channel_mode="joint")
     with pytest.raises(ValueError, match="shared"):
         joint.decode_patterns(x[:, 0])
+
+
+# --------------------------------------------------------------------------- merge weighting
+
+
+def gaussian_probe(N: int, sigma: float = 3.0) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
+    r2 = ((yy - N // 2) ** 2 + (xx - N // 2) ** 2).double()
+    return (torch.exp(-r2 / (2 * sigma**2)) * torch.exp(0.2j * xx)).to(torch.complex64)
+
+
+def test_probe_merge_weight_is_window_times_normalised_intensity():
+    N = 32
+    probe = gaussian_probe(N)
+    model = build_model({"kind": "pinn", "N": N, "gridsize": 2, "merge_weighting": "probe"}, probe)
+    w = model.merge_weight()
+    expected = probe.abs().square() / probe.abs().square().max() * central_window(N)
+    torch.testing.assert_close(w, expected, rtol=0, atol=1e-7)
+    assert float(w.max()) == pytest.approx(1.0) and float(w[0, 0]) == 0.0
+    assert torch.equal(model.merge_weight("flat"), central_window(N))
+    with pytest.raises(ValueError, match="merge weighting: expected 'flat' or 'probe'"):
+        model.merge_weight("gauss")
+
+
+def test_probe_merge_of_equal_patches_is_that_value_wherever_covered():
+    from ptychobench.models.pinn import merge_at_members
+    from ptychobench.physics import shift_bilinear
+
+    N, v = 32, 0.7 - 0.4j
+    weight = gaussian_probe(N).abs().square()
+    weight = weight / weight.max() * central_window(N)
+    patches = torch.full((2, 4, N, N), v, dtype=torch.complex64) * central_window(N)
+    for off in (INT_OFFSETS, SUB_OFFSETS):
+        offsets = off[None].repeat(2, 1, 1)
+        out = merge_at_members(patches, offsets, weight)
+        # the coverage each member sees, recomputed independently
+        rel = offsets[:, None, :, :] - offsets[:, :, None, :]
+        cover = shift_bilinear(weight.expand(2, 4, 4, N, N), rel).sum(2)
+        covered = cover > MERGE_MIN_WEIGHT
+        assert int(covered.sum()) > 2 * 4 * 100
+        torch.testing.assert_close(
+            out[covered], torch.full_like(out[covered], v), rtol=0, atol=1e-5
+        )
+        assert bool((out[~covered] == 0).all())
+        # the same through the canvas merge
+        canvas, cw = merge_patches(patches, offsets, weight, 8)
+        on = cw > MERGE_MIN_WEIGHT
+        torch.testing.assert_close(canvas[on], torch.full_like(canvas[on], v), rtol=0, atol=1e-5)
+
+
+def test_probe_merge_with_a_uniform_probe_equals_the_flat_merge():
+    from ptychobench.models.pinn import merge_at_members
+
+    N = 32
+    g = torch.Generator().manual_seed(3)
+    quarter = torch.tensor([1, -1, 1j, -1j], dtype=torch.complex64)
+    uniform = quarter[torch.randint(0, 4, (N, N), generator=g)]  # |P| = 1 exactly
+    flat = build_model({"kind": "pinn", "N": N, "gridsize": 2, "n_filters_scale": 0.25}, uniform)
+    torch.manual_seed(0)
+    prob = build_model(
+        {
+            "kind": "pinn",
+            "N": N,
+            "gridsize": 2,
+            "n_filters_scale": 0.25,
+            "merge_weighting": "probe",
+        },
+        uniform,
+    )
+    prob.load_state_dict(flat.state_dict())
+    assert torch.equal(prob.merge_weight(), central_window(N))
+    patches = random_object(N, N, 1).expand(3, 4, N, N) * central_window(N)
+    off = SUB_OFFSETS[None].repeat(3, 1, 1)
+    torch.testing.assert_close(
+        merge_at_members(patches, off, prob.merge_weight()),
+        merge_at_members(patches, off, central_window(N)),
+        rtol=0,
+        atol=0,
+    )
+    d = torch.rand(2, 4, N, N)
+    torch.testing.assert_close(prob(d, off[:2]), flat(d, off[:2]), rtol=0, atol=0)
+    # a non-uniform probe changes the physics of a probe-weighted model
+    gp = gaussian_probe(N)
+    a = build_model(flat.config.model_copy(update={"merge_weighting": "probe"}), gp)
+    b = build_model(flat.config, gp)
+    a.load_state_dict({**flat.state_dict(), "probe": gp})
+    b.load_state_dict({**flat.state_dict(), "probe": gp})
+    assert float((a(d, off[:2]) - b(d, off[:2])).abs().max()) > 1e-4
+
+
+def test_per_member_weight_maps_equal_a_shared_map():
+    from ptychobench.models.pinn import merge_at_members
+
+    N = 32
+    weight = gaussian_probe(N).abs().square() * central_window(N)
+    patches = random_object(N, N, 2).expand(2, 4, N, N).clone() * central_window(N)
+    off = SUB_OFFSETS[None].repeat(2, 1, 1)
+    per = weight.expand(2, 4, N, N)
+    torch.testing.assert_close(
+        merge_at_members(patches, off, per), merge_at_members(patches, off, weight)
+    )
+    a, wa = merge_patches(patches, off, per, 8)
+    b, wb = merge_patches(patches, off, weight, 8)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(wa, wb)
+
+
+def test_predict_returns_the_merged_weight():
+    N, pad = 32, 8
+    model = make_pinn(N, gridsize=2, canvas_pad=pad)
+    d = torch.rand(2, 4, N, N)
+    off = INT_OFFSETS[None].repeat(2, 1, 1)
+    ref = model.predict(d, off)
+    out, w = model.predict(d, off, return_weight=True)
+    assert torch.equal(out, ref)
+    _, cw = merge_patches(model.decode(d), off, central_window(N), pad)
+    torch.testing.assert_close(w, cw[:, pad : pad + N, pad : pad + N], rtol=0, atol=0)
+    out_p, w_p = model.predict(d, off, weighting="probe", return_weight=True)
+    pw = model.merge_weight("probe")
+    _, cwp = merge_patches(model.decode(d), off, pw, pad)
+    torch.testing.assert_close(w_p, cwp[:, pad : pad + N, pad : pad + N], rtol=0, atol=0)
+    assert float((out_p - out).abs().max()) > 1e-4
+    gs1 = make_pinn(N, gridsize=1)
+    o1, w1 = gs1.predict(torch.rand(3, 1, N, N), weighting="probe", return_weight=True)
+    assert w1.shape == (3, N, N) and torch.equal(w1[1], gs1.merge_weight("probe"))
+
+
+def test_bundle_without_merge_weighting_loads_as_flat(tmp_path):
+    import hashlib
+    import json
+
+    from ptychobench.models.bundle import load_bundle, save_bundle
+
+    model = make_pinn(32, gridsize=2)
+    hist = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "lr": 1e-3, "seconds": 0.1}]
+    path = save_bundle(model, tmp_path / "m", history=hist, training={"seed": 0}, data={"N": 32})
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["model"].pop("merge_weighting") == "flat"
+    (path / "config.json").write_text(json.dumps(cfg))  # as written before the field existed
+    sums = []
+    for line in (path / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        if name.strip() == "config.json":
+            digest = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
+        sums.append(f"{digest}  {name.strip()}")
+    (path / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    net, config = load_bundle(path)
+    assert "merge_weighting" not in config["model"]
+    assert net.config.merge_weighting == "flat"
+    assert torch.equal(net.merge_weight(), central_window(32))

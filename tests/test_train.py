@@ -22,12 +22,14 @@ from torch import nn
 from ptychobench.models.bundle import load_bundle
 from ptychobench.train import (
     CHECKPOINT_FILE,
+    EarlyStopping,
     TrainConfig,
     TrainingError,
     derive_seed,
     epoch_permutation,
     seeded_build,
     shard_indices,
+    should_stop,
     split_validation,
     train,
 )
@@ -362,6 +364,246 @@ def test_plateau_schedule_and_early_stopping(tmp_path):
     assert res.epochs_run == 0 and res.stopped_early
 
 
+# ------------------------------------------------------------------------ stopping criterion
+
+
+def stop_epoch(losses, patience, min_epochs=0, min_delta=0.0):
+    """The (1-based) epoch after which the criterion stops, None if it never does."""
+    es = EarlyStopping(patience=patience, min_epochs=min_epochs, min_delta=min_delta)
+    for e, loss in enumerate(losses, start=1):
+        if es.update(loss):
+            return e
+    return None
+
+
+def test_stopping_criterion_stops_on_a_plateau():
+    losses = [10, 5, 4, 4, 4, 4, 4]
+    assert stop_epoch(losses, patience=3) == 6  # epochs 4, 5, 6 bring nothing below 4
+    assert [should_stop(losses[:k], patience=3) for k in range(1, 8)] == [False] * 5 + [True] * 2
+    es = EarlyStopping(patience=3)
+    for loss in losses[:6]:
+        es.update(loss)
+    assert (es.best, es.best_epoch, es.bad_epochs, es.epoch, es.stopped) == (4, 3, 3, 6, True)
+    assert stop_epoch(losses, patience=0) is None  # 0 disables
+    assert stop_epoch(losses, patience=5) is None  # only 4 epochs without improvement
+    assert stop_epoch([3, 2, 2, 1, 1, 1], patience=2) == 6  # an improvement resets the count
+    assert stop_epoch([1.0, float("nan"), float("nan")], patience=2) == 3  # NaN never improves
+
+
+@pytest.mark.parametrize("min_epochs", [0, 2, 4, 5, 8])
+def test_stopping_criterion_never_stops_before_min_epochs(min_epochs):
+    flat = [4.0] * 12  # plateau from epoch 1: epochs 2, 3, 4 without improvement
+    assert stop_epoch(flat, patience=3, min_epochs=min_epochs) == max(min_epochs, 4)
+    assert stop_epoch(flat, patience=3, min_epochs=13) is None  # beyond the run: max_epochs
+    assert stop_epoch(flat, patience=0, min_epochs=min_epochs) is None
+
+
+def test_stopping_criterion_min_delta_is_relative():
+    creep = [(1 - 1e-6) ** k for k in range(10)]  # improves by 1e-6 (relative) every epoch
+    assert stop_epoch(creep, patience=3) is None
+    assert not should_stop(creep, patience=3)
+    assert stop_epoch(creep, patience=3, min_delta=1e-3) == 4  # epochs 2, 3, 4 count as flat
+    assert should_stop(creep[:4], patience=3, min_delta=1e-3)
+    assert not should_stop(creep[:3], patience=3, min_delta=1e-3)
+    es = EarlyStopping(patience=3, min_delta=1e-3)
+    for loss in creep[:4]:
+        es.update(loss)
+    # min_delta only decides progress: the best epoch is still the lowest loss
+    assert es.best_epoch == 4 and es.best == creep[3] and es.ref == 1.0 and es.bad_epochs == 3
+    # a real improvement (> 0.1 %) resets the count: 0.9995 does not, 0.998 does
+    assert stop_epoch([1.0, 0.9995, 0.998, 0.998, 0.998, 0.998], 3, min_delta=1e-3) == 6
+    # negative losses (Poisson NLL): the threshold is ref − min_delta·|ref|
+    assert stop_epoch([-100.0, -100.05, -100.2, -100.2, -100.2], 2, min_delta=1e-3) == 5
+    assert stop_epoch([-100.0, -100.05, -100.09, -100.2], 2, min_delta=1e-3) == 3
+    with pytest.raises(ValueError):
+        TrainConfig(min_delta=-1e-3)
+    with pytest.raises(ValueError):
+        TrainConfig(min_epochs=-1)
+
+
+def read_config(out: Path) -> dict:
+    return json.loads((out / "config.json").read_text())
+
+
+def test_train_stops_on_a_plateau_after_min_epochs_and_records_why(tmp_path):
+    cfg = fast_cfg(epochs=20, early_stopping_patience=3, min_epochs=6)
+    out = tmp_path / "run"
+    res = train(Constant(DummyConfig()), make_arrays(), cfg, out)
+    # constant loss: epoch 1 is the best, the plateau (3 epochs) is complete after epoch 4
+    assert res.stop_reason == "plateau" and res.stopped_early
+    assert res.epochs_run == 6 >= cfg.min_epochs and len(res.history) == 6
+    assert res.best_epoch == 1
+    extra = read_config(out)["extra"]
+    assert extra == {
+        "stop_reason": "plateau",
+        "stopped_early": True,
+        "epochs_completed": 6,
+        "best_epoch": 1,
+        "best_monitored_loss": 1.0,
+        "monitored": "val_loss",
+    }
+    assert read_config(out)["training"]["min_epochs"] == 6
+    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    assert (ckpt["epoch"], ckpt["bad_epochs"], ckpt["stop_ref"]) == (6, 5, 1.0)
+    # resumed: nothing more to do, the reason stays
+    res2 = train(Constant(DummyConfig()), make_arrays(), cfg, out, resume=True)
+    assert res2.epochs_run == 0 and res2.stop_reason == "plateau"
+    # patience 0: no early stopping, the run goes to max_epochs
+    res3 = train(
+        Constant(DummyConfig()),
+        make_arrays(),
+        fast_cfg(epochs=5, early_stopping_patience=0, min_epochs=2),
+        tmp_path / "r3",
+    )
+    assert res3.stop_reason == "max_epochs" and not res3.stopped_early and res3.epochs_run == 5
+    assert read_config(tmp_path / "r3")["extra"]["stop_reason"] == "max_epochs"
+    # min_epochs beyond epochs: max_epochs wins
+    res4 = train(
+        Constant(DummyConfig()),
+        make_arrays(),
+        fast_cfg(epochs=4, early_stopping_patience=1, min_epochs=9),
+        tmp_path / "r4",
+    )
+    assert res4.stop_reason == "max_epochs" and res4.epochs_run == 4
+
+
+def test_train_min_delta_stops_a_slow_run_without_changing_its_trajectory(tmp_path):
+    arrays = make_arrays()
+    cfg = fast_cfg(epochs=5, lr=3e-3, early_stopping_patience=2)
+    ref = train(make_dummy(), arrays, cfg, tmp_path / "a")
+    assert ref.stop_reason == "max_epochs" and ref.epochs_run == 5
+    vals = [r["val_loss"] for r in ref.history]
+    assert all(b < a for a, b in zip(vals, vals[1:], strict=False))  # it keeps improving ...
+    assert all(b > 0.5 * a for a, b in zip(vals, vals[1:], strict=False))  # ... by < 50 %
+    cfg = fast_cfg(epochs=5, lr=3e-3, early_stopping_patience=2, min_epochs=3, min_delta=0.5)
+    res = train(make_dummy(), arrays, cfg, tmp_path / "b")
+    # epoch 1 improves on +inf, epochs 2 and 3 are < 50 % better: plateau after epoch 3
+    assert res.stop_reason == "plateau" and res.epochs_run == 3
+    strip = [{k: r[k] for k in ("epoch", "train_loss", "val_loss", "lr")} for r in res.history]
+    assert strip == [
+        {k: r[k] for k in ("epoch", "train_loss", "val_loss", "lr")} for r in ref.history[:3]
+    ]
+    assert res.best_epoch == 3  # still the lowest validation loss
+    assert read_config(tmp_path / "b")["extra"]["best_epoch"] == 3
+
+
+def test_train_interrupt_records_the_reason_then_resume_finishes(tmp_path, monkeypatch):
+    arrays = make_arrays(G=20)
+    cfg = fast_cfg(epochs=3)
+    calls = {"n": 0}
+    real_loss = Dummy.loss
+
+    def flaky_loss(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # epoch 2 (5 loss calls per epoch)
+            raise KeyboardInterrupt
+        return real_loss(self, batch)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Dummy, "loss", flaky_loss)
+    res = train(make_dummy(), arrays, cfg, out)
+    monkeypatch.setattr(Dummy, "loss", real_loss)
+    assert res.interrupted and res.stop_reason == "interrupted" and res.epochs_run == 1
+    extra = read_config(out)["extra"]
+    assert extra["stop_reason"] == "interrupted" and extra["epochs_completed"] == 1
+    res2 = train(make_dummy(), arrays, cfg, out, resume=True)
+    assert res2.stop_reason == "max_epochs" and res2.epochs_run == 2
+    assert read_config(out)["extra"]["stop_reason"] == "max_epochs"
+
+
+def test_interrupt_resume_with_min_delta_stops_where_an_uninterrupted_run_does(
+    tmp_path, monkeypatch
+):
+    arrays = make_arrays()
+    cfg = fast_cfg(epochs=8, lr=3e-3, early_stopping_patience=1, min_epochs=5, min_delta=0.13)
+    ref = train(make_dummy(), arrays, cfg, tmp_path / "ref")
+    # val loss falls by 14.5, 12.1, 11.8, 11.4 % per epoch: epoch 3 and 5 fall short of 13 % of
+    # the last improvement (epochs 2 and 4); epoch 5 is the first at or after min_epochs
+    assert ref.stop_reason == "plateau" and ref.epochs_run == 5 and ref.best_epoch == 5
+    calls = {"n": 0}
+    real_loss = Dummy.loss
+
+    def flaky_loss(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3 * 7 + 2:  # epoch 4 (5 train steps + 2 validation calls per epoch)
+            raise KeyboardInterrupt
+        return real_loss(self, batch)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Dummy, "loss", flaky_loss)
+    res = train(make_dummy(), arrays, cfg, out)
+    monkeypatch.setattr(Dummy, "loss", real_loss)
+    assert res.interrupted and res.epochs_run == 3
+    # the reference loss of the last improvement (epoch 2), not the best (epoch 3), is stored
+    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    assert ckpt["stop_ref"] == ref.history[1]["val_loss"] and ckpt["bad_epochs"] == 1
+    res2 = train(make_dummy(), arrays, cfg, out, resume=True)
+    assert res2.stop_reason == "plateau" and res2.epochs_run == 2 and res2.best_epoch == 5
+    assert (out / "model.pt").read_bytes() == (tmp_path / "ref" / "model.pt").read_bytes()
+
+
+def test_resume_may_change_min_epochs_and_patience_but_not_min_delta(tmp_path):
+    arrays = make_arrays()
+    out = tmp_path / "run"
+    # constant loss, patience 3: not yet stopped after 3 epochs (2 without improvement)
+    short = train(
+        Constant(DummyConfig()), arrays, fast_cfg(epochs=3, early_stopping_patience=3), out
+    )
+    assert short.stop_reason == "max_epochs"
+    with pytest.raises(TrainingError, match=r"min_delta \(0\.0 → 0\.001\)"):
+        cfg = fast_cfg(epochs=20, early_stopping_patience=3, min_delta=1e-3)
+        train(Constant(DummyConfig()), arrays, cfg, out, resume=True)
+    cfg = fast_cfg(epochs=20, early_stopping_patience=3, min_epochs=7)
+    resumed = train(Constant(DummyConfig()), arrays, cfg, out, resume=True)
+    fresh = train(Constant(DummyConfig()), arrays, cfg, tmp_path / "fresh")
+    assert resumed.stop_reason == fresh.stop_reason == "plateau"
+    assert resumed.epochs_run == 4 and len(resumed.history) == fresh.epochs_run == 7
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in fresh.history]
+
+
+def test_resume_accepts_a_checkpoint_from_before_min_epochs_and_min_delta(tmp_path):
+    arrays = make_arrays()
+    out = tmp_path / "run"
+    cfg = fast_cfg(epochs=2, early_stopping_patience=2)
+    train(Constant(DummyConfig()), arrays, cfg, out)
+    path = out / CHECKPOINT_FILE
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("min_epochs", "min_delta"):
+        del ckpt["training"][key]
+    del ckpt["stop_ref"]
+    torch.save(ckpt, path)
+    res = train(
+        Constant(DummyConfig()),
+        arrays,
+        fast_cfg(epochs=5, early_stopping_patience=2),
+        out,
+        resume=True,
+    )
+    # epoch 1 best; epochs 2 and 3 without improvement: stops after 3, like a fresh run
+    assert res.stop_reason == "plateau" and res.epochs_run == 1 and res.best_epoch == 1
+
+
+def test_study_arm_settings_reach_train_config_and_job_key():
+    from ptychobench.study.design import ArmTraining, load_preset
+    from ptychobench.study.jobs import job_key, plan
+
+    d = load_preset("quick")
+    assert d.train_config("pinn").min_epochs == 0 and d.train_config("pinn").min_delta == 0.0
+    arm = d.pinn.model_copy(update={"min_epochs": 5, "min_delta": 1e-3})
+    d2 = d.model_copy(update={"pinn": arm})
+    tc = d2.train_config("pinn")
+    assert (tc.min_epochs, tc.min_delta) == (5, 1e-3)
+    assert d2.train_config("baseline").min_epochs == 0
+    job = next(j for j in plan(d) if j.kind == "train_pinn")
+    deps = {"view": {"data/x.npz": "a" * 64}}
+    k = job_key(job, d, deps)
+    for upd in ({"min_epochs": 5}, {"min_delta": 1e-3}):
+        d3 = d.model_copy(update={"pinn": d.pinn.model_copy(update=upd)})
+        assert job_key(job, d3, deps) != k
+    with pytest.raises(ValueError):
+        ArmTraining(min_delta=-1.0)
+
+
 def test_no_validation_monitors_train_loss(tmp_path):
     res = train(make_dummy(), make_arrays(), fast_cfg(epochs=2, val_fraction=0.0), tmp_path / "run")
     assert all(r["val_loss"] is None for r in res.history)
@@ -543,3 +785,18 @@ def test_ddp_two_processes_match_single_process_with_double_batch(tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / CHECKPOINT_FILE, weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 2
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["data"]["n_groups"] == 20
+
+
+def test_time_budget_stops_after_the_epoch_that_would_overrun_and_says_so(tmp_path):
+    arrays = make_arrays()
+    # a cap far below one epoch: the first epoch always runs, no second one starts
+    res = train(make_dummy(), arrays, fast_cfg(epochs=5, max_seconds=1e-6), tmp_path / "a")
+    assert res.stop_reason == "time_budget" and res.epochs_run == 1 and not res.stopped_early
+    assert read_config(tmp_path / "a")["extra"]["stop_reason"] == "time_budget"
+    # a generous cap changes nothing: same epochs, same weights as no cap
+    capped = train(make_dummy(), arrays, fast_cfg(epochs=3, max_seconds=3600.0), tmp_path / "b")
+    plain = train(make_dummy(), arrays, fast_cfg(epochs=3), tmp_path / "c")
+    assert capped.stop_reason == plain.stop_reason == "max_epochs" and capped.epochs_run == 3
+    assert (tmp_path / "b" / "model.pt").read_bytes() == (tmp_path / "c" / "model.pt").read_bytes()
+    with pytest.raises(ValueError, match="max_seconds"):
+        fast_cfg(max_seconds=0.0)

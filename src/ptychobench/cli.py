@@ -31,6 +31,15 @@ class CLIError(Exception):
     """An error to report on one line."""
 
 
+def _check_weighting(option: str, value: str) -> str:
+    """``value`` if it is a known stitch / merge weighting, else a CLIError naming ``option``."""
+    from ptychobench.stitch import STITCH_WEIGHTINGS
+
+    if value not in STITCH_WEIGHTINGS:
+        raise CLIError(f"{option}: expected 'flat' or 'probe', found {value!r}")
+    return value
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -80,7 +89,10 @@ def simulate(
     out: Annotated[Path, typer.Option("--out", help="Output dataset (.npz or .cxi).")],
     n: Annotated[int, typer.Option("--n", help="Diffraction pattern side N (px).")] = 64,
     object: Annotated[
-        str, typer.Option("--object", help="lines | grf | image:A+B | FILE (.npz/.cxi).")
+        str,
+        typer.Option(
+            "--object", help="lines | lines:coupled | grf | image:A+B | FILE (.npz/.cxi)."
+        ),
     ] = "image:camera+astronaut",
     object_size: Annotated[int, typer.Option("--object-size", help="Object side (px).")] = 256,
     a_min: Annotated[float, typer.Option("--a-min", help="Minimum object amplitude.")] = 0.5,
@@ -377,6 +389,13 @@ def train(
     neighbor_count: Annotated[
         int, typer.Option("--neighbor-count", help="K for gs2 groups when DATA has none.")
     ] = 4,
+    merge_weighting: Annotated[
+        str,
+        typer.Option(
+            "--merge-weighting",
+            help="PINN gs2 merge weight: flat (decoder window) | probe (window · |P|²).",
+        ),
+    ] = "flat",
 ) -> None:
     """Train PtychoPINN (unsupervised, Poisson NLL) or the supervised Baseline; writes a bundle.
 
@@ -392,6 +411,7 @@ def train(
             raise CLIError(f"--model: expected 'pinn' or 'baseline', found {model!r}")
         if gridsize not in (1, 2):
             raise CLIError(f"--gridsize: expected 1 or 2, found {gridsize}")
+        _check_weighting("--merge-weighting", merge_weighting)
         cfg = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -412,6 +432,7 @@ def train(
             neighbor_count=neighbor_count,
             resume=resume,
             data_source=str(data),
+            merge_weighting=merge_weighting,
         )
         if result.interrupted:
             typer.echo(f"interrupted: checkpoint and bundle of the last epoch in {out}", err=True)
@@ -434,8 +455,15 @@ def infer(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Groups per chunk.")] = 256,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     stitch_crop_size: Annotated[
-        int | None, typer.Option("--stitch-crop-size", help="Stitch crop M [default N/4].")
+        int | None, typer.Option("--stitch-crop-size", help="Flat stitch crop M [default N/4].")
     ] = None,
+    stitch_weighting: Annotated[
+        str,
+        typer.Option(
+            "--stitch-weighting",
+            help="flat (central M×M crop, weight 1) | probe (|P|² on the N/2 window, M ignored).",
+        ),
+    ] = "flat",
 ) -> None:
     """Streaming inference and stitching into the object's pixel frame.
 
@@ -450,6 +478,7 @@ def infer(
 
         if out.suffix.lower() != ".npz":
             raise CLIError(f"{out}: expected an output file ending in .npz, found {out.suffix!r}")
+        _check_weighting("--stitch-weighting", stitch_weighting)
         net, config = load_bundle(bundle)
         ds = load(data)
         rec = run_infer(
@@ -460,6 +489,7 @@ def infer(
             device=device,
             crop_size_M=stitch_crop_size,
             data_source=str(data),
+            stitch_weighting=stitch_weighting,
         )
         rec.metadata["bundle"] = str(bundle)
         write_reconstruction(rec, out)
@@ -494,6 +524,13 @@ def compare(
     stitch_crop_size: Annotated[
         int | None, typer.Option("--stitch-crop-size", help="Stitch crop M [default N/4, even].")
     ] = None,
+    stitch_weighting: Annotated[
+        str,
+        typer.Option(
+            "--stitch-weighting",
+            help="How bundle arms are stitched: flat (M×M crop) | probe (|P|² on the N/2 window).",
+        ),
+    ] = "flat",
     ms_ssim_sigma: Annotated[
         float, typer.Option("--ms-ssim-sigma", help="Amplitude smoothing before MS-SSIM (px).")
     ] = 1.0,
@@ -523,8 +560,10 @@ def compare(
         from ptychobench.evaluate.compare import CompareSettings
         from ptychobench.evaluate.compare import compare as run_compare
 
+        _check_weighting("--stitch-weighting", stitch_weighting)
         settings = CompareSettings(
             crop_size_M=stitch_crop_size,
+            stitch_weighting=stitch_weighting,
             registration=registration,
             phase_align=phase_align,
             ms_ssim_sigma=ms_ssim_sigma,
@@ -592,6 +631,7 @@ def _bundle_arm(name, path, ds, data, settings, device, debug_limit, debug_dir):
             train_stats=config.get("data"),
             device=device,
             crop_size_M=settings.validate(ds.N),
+            stitch_weighting=settings.stitch_weighting,
             data_source=str(data),
             arm=name,
             debug_limit=limit,

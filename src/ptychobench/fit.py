@@ -17,6 +17,7 @@ from ptychobench.data.dataset import DatasetError, PtychoDataset, photons_per_pa
 from ptychobench.data.grouping import group_offsets
 from ptychobench.infer import data_statistics, dataset_groups
 from ptychobench.models import build_model
+from ptychobench.stitch import validate_weighting
 from ptychobench.train import TrainConfig, TrainResult, seeded_build, train
 
 __all__ = ["fit", "model_config_for", "training_arrays"]
@@ -103,13 +104,19 @@ def fit(
     data_source: str = "dataset",
     progress: bool | None = None,
     channel_mode: Literal["shared", "joint"] = "shared",
+    merge_weighting: Literal["flat", "probe"] = "flat",
 ) -> TrainResult:
     """Train a PtychoPINN or Baseline on ``ds`` and write its bundle to ``out_dir``.
 
     The baseline is trained on single patterns (gs1 groups of ``ds``'s positions, or the view's
     groups' unique members); the PINN on groups of ``gridsize``. Model initialisation is seeded with
     the training seed.
+
+    ``merge_weighting`` (PINN gs2): weight of a member pixel in the group merge, ``"flat"`` (the
+    decoder's window) or ``"probe"`` (window · |P|²/max|P|²); stored in the bundle's model config.
+    The baseline ignores it (the name is still checked).
     """
+    validate_weighting(merge_weighting, "merge weighting")
     cfg = TrainConfig.model_validate(train_config or {})
     g = gridsize if kind == "pinn" else 1
     if kind == "baseline" and ds.groups is not None and ds.groups.shape[1] > 1:
@@ -130,6 +137,7 @@ def fit(
     )
     if kind == "pinn":
         mcfg["channel_mode"] = channel_mode
+        mcfg["merge_weighting"] = merge_weighting
     probe = torch.from_numpy(ds.probeGuess.astype(np.complex64))
     model = seeded_build(lambda: build_model(mcfg, probe), cfg.seed)
     if hasattr(model, "set_input_statistics"):

@@ -3,6 +3,16 @@
 Memory stays bounded: groups are processed in chunks of ``batch_size`` and accumulated into one
 (H, W) canvas (:class:`ptychobench.stitch.Stitcher`).
 
+Stitch weighting (SPEC §5.4 "Weighting"): ``"flat"`` stitches each patch's central M×M crop with
+weight 1; ``"probe"`` weights each pixel by ``|P|²/max|P|²`` on the decoder's N/2 window:
+
+* PINN gs1: the model's probe, at each pattern's position;
+* PINN gs2: each group is merged with ``"probe"`` weights (whatever ``merge_weighting`` the model
+  trained with) and stitched with its merged Σ-weight map, so a group adds ``Σ_members |P|²·patch``
+  — what stitching its members one by one with ``|P|²`` weights would add (up to interpolation);
+* Baseline: the dataset's probe at each pattern's own position. The baseline never saw the probe;
+  the weight expresses which pixels the pattern's data constrained.
+
 No network ever receives absolute positions: the PINN gets group-relative offsets (zero-mean within
 each group), the baseline gets none. Absolute positions serve stitching only.
 """
@@ -24,7 +34,7 @@ from ptychobench.data.dataset import PtychoDataset, photons_per_pattern
 from ptychobench.data.grouping import group_centres, group_offsets, make_groups
 from ptychobench.data.io import atomic_open
 from ptychobench.data.recon import Reconstruction
-from ptychobench.stitch import Stitcher
+from ptychobench.stitch import Stitcher, validate_weighting
 
 __all__ = [
     "BaselineInputs",
@@ -208,6 +218,7 @@ def infer(
     debug_limit: int | None = None,
     debug_dir: str | Path | None = None,
     neighbor_count: int = 4,
+    stitch_weighting: str = "flat",
 ) -> Reconstruction:
     """Run ``model`` over ``ds`` in chunks and stitch its patches into the object's pixel frame.
 
@@ -217,7 +228,9 @@ def infer(
     ds : PtychoDataset (groups from its view, else built for the model's gridsize)
     train_stats : the bundle's training-data statistics, for the input-shift guard
     batch_size : groups per chunk (memory is bounded by the chunk and the canvas)
-    crop_size_M : stitching crop (default N/4 rounded to even)
+    crop_size_M : stitching crop (default N/4 rounded to even); used by ``"flat"`` only
+    stitch_weighting : ``"flat"`` (central M×M crop, uniform weight) or ``"probe"`` (``|P|²``
+        weights on the N/2 window; see the module docstring); recorded in the metadata
     debug_limit : baseline only — run on the first K flattened patterns
     debug_dir : baseline only — write ``baseline_debug.npz`` and ``baseline_debug_stats.json``
 
@@ -226,6 +239,7 @@ def infer(
     Reconstruction; raises :class:`InferenceError` for an all-zero or non-finite image (after the
     debug artifacts are written).
     """
+    stitch_weighting = validate_weighting(stitch_weighting)
     kind = model.kind
     name = arm or ("PtychoPINN" if kind == "pinn" else "Baseline")
     N = ds.N
@@ -249,7 +263,14 @@ def infer(
         inputs = prepare_baseline_inference_data(
             ds.diffraction[members][:, None], coords[members][:, None, :]
         )
-        stitcher = Stitcher(shape, N, M, origin=(inputs.centre, inputs.centre))
+        stitcher = Stitcher(
+            shape,
+            N,
+            M,
+            origin=(inputs.centre, inputs.centre),
+            weighting=stitch_weighting,
+            probe=ds.probeGuess if stitch_weighting == "probe" else None,
+        )
         outs = []
         for start in range(0, len(members), batch_size):
             x = torch.from_numpy(inputs.patterns[start : start + batch_size]).to(dev)
@@ -264,7 +285,30 @@ def infer(
         centres = group_centres(coords, groups)
         offsets = group_offsets(coords, groups).astype(np.float32)
         model = _fit_canvas(model, offsets, dev)
-        stitcher = Stitcher(shape, N, M)
+        probe_weighted = stitch_weighting == "probe"
+        gs2_probe = probe_weighted and gridsize > 1
+        merge_kw: dict[str, Any] = {}
+        if gs2_probe:
+            # merge with |P|² weights and stitch each group's whole canvas (side S, centred on
+            # the group centre: members up to canvas_pad from it keep their whole window) with
+            # its Σ-weight map as the per-patch weight; no merge threshold, the stitcher
+            # thresholds the total weight of all groups
+            S = N + 2 * int(model.config.canvas_pad)
+            stitcher = Stitcher(shape, S, S)  # every add() passes its weight maps
+            merge_kw = {
+                "weighting": "probe",
+                "return_weight": True,
+                "min_weight": 0.0,
+                "full_canvas": True,
+            }
+        else:
+            stitcher = Stitcher(
+                shape,
+                N,
+                M,
+                weighting=stitch_weighting,
+                probe=model.probe.detach().cpu() if probe_weighted else None,
+            )
         # shared channel mode: a member's patch depends on its own pattern only, and
         # neighbouring groups share members, so each distinct pattern of a chunk is decoded once
         shared = gridsize > 1 and getattr(model.config, "channel_mode", "joint") == "shared"
@@ -275,10 +319,13 @@ def infer(
                 uniq, inv = np.unique(g, return_inverse=True)
                 decoded = model.decode_patterns(torch.from_numpy(ds.diffraction[uniq]).to(dev))
                 members = torch.from_numpy(inv.reshape(g.shape)).to(dev)
-                patches = model.predict_from_patches(decoded[members], off)
+                out = model.predict_from_patches(decoded[members], off, **merge_kw)
             else:
-                patches = model.predict(torch.from_numpy(ds.diffraction[g]).to(dev), off)
-            stitcher.add(patches.cpu(), centres[start : start + batch_size])
+                out = model.predict(torch.from_numpy(ds.diffraction[g]).to(dev), off, **merge_kw)
+            weights = None  # flat, and probe at gs1: the stitcher's own weight
+            if gs2_probe:
+                out, weights = out[0], out[1].cpu()
+            stitcher.add(out.cpu(), centres[start : start + batch_size], weights)
         n_used = int(groups.size)
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -292,6 +339,7 @@ def infer(
         "n_patterns": n_used,
         "n_groups": int(len(groups)),
         "crop_size_M": M,
+        "stitch_weighting": stitch_weighting,
         "device": str(dev),
         "data": data_source,
         "input_guard": guard,

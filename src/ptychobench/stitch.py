@@ -1,18 +1,48 @@
 """Stitching of per-pattern or per-group object patches into the object's pixel frame (SPEC §5.4).
 
-Each patch contributes its central M×M crop, placed so that the patch's pixel (N//2, N//2) lands on
-its coordinate — the same convention as :func:`ptychobench.physics.extract_patches` — and the canvas
-is the coverage-weighted average. Uncovered pixels are exact zeros and come with a coverage map.
+A patch is placed so that its pixel (N//2, N//2) lands on its coordinate — the same convention as
+:func:`ptychobench.physics.extract_patches` — and the canvas is the weighted average
+``Σ w·patch / Σ w`` over covered pixels (``Σ w > min_weight``). Uncovered pixels are exact zeros;
+the coverage map returned with the image is ``Σ w``.
+
+Two weightings (SPEC §5.4 "Weighting"):
+
+``"flat"`` (default, the ablation switch)
+    Each patch contributes its central M×M crop with weight 1 (the coverage is a count).
+``"probe"``
+    A patch's pixel counts by the illumination that constrained it,
+    ``w = |P|² / max |P|²`` on the decoder's support window (rows/cols ``[N/4, 3N/4)``) and 0
+    outside it; M is ignored. This is pty-chi's object-update weighting: window corners where
+    ``|P|² ≈ 0`` (pure network guesswork) no longer enter at full weight.
+
+:meth:`Stitcher.add` also takes an explicit per-patch weight map (B, N, N) that replaces the
+default weight of either mode (no crop); gs2 inference passes each group's merged Σ-weight map,
+so that a group contributes what its members stitched one by one would.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ptychobench.physics import overlay_patches
 
-__all__ = ["Stitcher", "stitch", "validate_crop_size"]
+__all__ = [
+    "STITCH_WEIGHTINGS",
+    "Stitcher",
+    "probe_weight",
+    "stitch",
+    "support_window",
+    "validate_crop_size",
+    "validate_weighting",
+]
+
+STITCH_WEIGHTINGS = ("flat", "probe")
+"""Names of the stitching (and gs2 merge) weightings."""
+
+Weighting = Literal["flat", "probe"]
 
 
 def validate_crop_size(M: int, N: int) -> int:
@@ -21,6 +51,57 @@ def validate_crop_size(M: int, N: int) -> int:
     if not 0 < M <= N:
         raise ValueError(f"stitch crop size M: expected 0 < M <= N={N}, found {M}")
     return M
+
+
+def validate_weighting(name: object, what: str = "stitch weighting") -> str:
+    """Return ``name`` if it is ``"flat"`` or ``"probe"``, else raise ValueError naming ``what``."""
+    if not isinstance(name, str) or name not in STITCH_WEIGHTINGS:
+        raise ValueError(f"{what}: expected 'flat' or 'probe', found {name!r}")
+    return name
+
+
+def support_window(
+    N: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(N, N) mask of the decoder's support: 1 on rows/cols ``[N/4, 3N/4)``, 0 elsewhere."""
+    w = torch.zeros((N, N), dtype=dtype, device=device)
+    w[N // 4 : 3 * N // 4, N // 4 : 3 * N // 4] = 1
+    return w
+
+
+def probe_weight(
+    probe: torch.Tensor | np.ndarray, N: int | None = None, window: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Illumination weight ``|P|² / max |P|²`` restricted to the support window, (N, N) float32.
+
+    Parameters
+    ----------
+    probe : (N, N) complex (or real amplitude) probe
+    N : expected side (checked when given)
+    window : (N, N) real mask (default :func:`support_window`); the result is ``window · |P|²/max``
+        with the maximum taken over the whole probe
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, non-finite values, or a probe that is zero everywhere.
+    """
+    p = torch.as_tensor(probe).detach()
+    side = int(p.shape[-1]) if p.ndim == 2 else -1
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or (N is not None and side != int(N)):
+        want = f"({N}, {N})" if N is not None else "(N, N)"
+        raise ValueError(
+            f"probe weighting: expected a probe of shape {want}, found {tuple(p.shape)}"
+        )
+    # float64 until the end: a unit-modulus probe gives weights of exactly 1 (== "flat")
+    intensity = p.to(torch.complex128 if p.is_complex() else torch.float64).abs().square()
+    if not bool(torch.isfinite(intensity).all()):
+        raise ValueError("probe weighting: probe has NaN or Inf values")
+    peak = intensity.max()
+    if not float(peak) > 0:
+        raise ValueError("probe weighting: expected a probe with max |P|² > 0, found all zeros")
+    win = support_window(side, device=intensity.device) if window is None else window
+    return ((intensity / peak).to(torch.float32)) * win.to(intensity.device, torch.float32)
 
 
 def _central_crop(patches: torch.Tensor, M: int) -> torch.Tensor:
@@ -36,38 +117,87 @@ class Stitcher:
     ----------
     shape : (H, W) of the object frame
     N : patch side
-    M : central crop side (0 < M <= N)
+    M : central crop side (0 < M <= N); used by ``"flat"`` only (still validated), ignored by
+        ``"probe"``, whose weight already confines each patch to the decoder's N/2 window
     origin : (x, y) added to every coordinate passed to :meth:`add` (lets callers pass centred
         positions and still land in the object frame)
+    weighting : ``"flat"`` (uniform weight on the central M×M crop) or ``"probe"``
+        (``w = |P|²/max|P|²`` on rows/cols ``[N/4, 3N/4)``)
+    probe : (N, N) complex probe, required by ``"probe"``
     """
 
     def __init__(
-        self, shape: tuple[int, int], N: int, M: int, origin: tuple[float, float] = (0.0, 0.0)
+        self,
+        shape: tuple[int, int],
+        N: int,
+        M: int,
+        origin: tuple[float, float] = (0.0, 0.0),
+        *,
+        weighting: Weighting = "flat",
+        probe: torch.Tensor | np.ndarray | None = None,
     ):
+        self.weighting = validate_weighting(weighting)
         self.shape = (int(shape[0]), int(shape[1]))
         self.N = int(N)
         self.M = validate_crop_size(M, N)
         self.origin = torch.tensor(origin, dtype=torch.float64)
+        self.probe_weight: torch.Tensor | None = None
+        if self.weighting == "probe":
+            if probe is None:
+                raise ValueError(
+                    "stitch weighting 'probe': expected the probe ((N, N) complex) to weight "
+                    "pixels by |P|², found none"
+                )
+            self.probe_weight = probe_weight(probe, self.N).cpu()
         self.canvas = torch.zeros(self.shape, dtype=torch.complex64)
         self.weight = torch.zeros(self.shape, dtype=torch.float32)
         self.count = 0
 
-    def add(self, patches: torch.Tensor | np.ndarray, coords: torch.Tensor | np.ndarray) -> None:
-        """Add (B, N, N) complex patches at (B, 2) coordinates (x, y)."""
+    def add(
+        self,
+        patches: torch.Tensor | np.ndarray,
+        coords: torch.Tensor | np.ndarray,
+        weights: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
+        """Add (B, N, N) complex patches at (B, 2) coordinates (x, y).
+
+        ``weights`` : optional (B, N, N) real, >= 0, one weight map per patch; replaces the
+        default weight of either mode (the whole N×N patch counts, no crop).
+        """
         p = torch.as_tensor(patches).detach().to("cpu", torch.complex64)
         c = torch.as_tensor(coords, dtype=torch.float64).cpu() + self.origin
         if p.ndim != 3 or p.shape[-1] != self.N or p.shape[-2] != self.N:
             raise ValueError(f"patches: expected (B, {self.N}, {self.N}), found {tuple(p.shape)}")
         if c.shape != (p.shape[0], 2):
             raise ValueError(f"coords: expected ({p.shape[0]}, 2), found {tuple(c.shape)}")
-        crop = _central_crop(p, self.M).contiguous()
-        canvas, weight = overlay_patches(crop, c, self.shape, method="bilinear")
+        if weights is None and self.weighting == "flat":
+            crop = _central_crop(p, self.M).contiguous()
+            canvas, weight = overlay_patches(crop, c, self.shape, method="bilinear")
+            self.canvas += canvas
+            self.weight += weight.real if weight.is_complex() else weight
+            self.count += p.shape[0]
+            return
+        if weights is None:
+            w = self.probe_weight.expand(p.shape[0], self.N, self.N)
+        else:
+            w = torch.as_tensor(weights).detach().to("cpu")
+            if w.is_complex() or tuple(w.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"weights: expected real ({p.shape[0]}, {self.N}, {self.N}), found "
+                    f"{'complex ' if w.is_complex() else ''}{tuple(w.shape)}"
+                )
+            w = w.to(torch.float32)
+            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+                raise ValueError("weights: expected finite values >= 0")
+        w = w.contiguous()
+        canvas, _ = overlay_patches((p * w).contiguous(), c, self.shape, method="bilinear")
+        weight, _ = overlay_patches(w, c, self.shape, method="bilinear")
         self.canvas += canvas
-        self.weight += weight.real if weight.is_complex() else weight
+        self.weight += weight
         self.count += p.shape[0]
 
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-        """(image (H, W) complex64, coverage (H, W) float32); zeros where coverage ≤ min_weight."""
+        """(image (H, W) complex64, coverage Σw (H, W) float32); zeros where Σw ≤ min_weight."""
         covered = self.weight > min_weight
         safe = torch.where(covered, self.weight, torch.ones_like(self.weight))
         img = torch.where(covered, self.canvas / safe, torch.zeros((), dtype=torch.complex64))
@@ -79,15 +209,21 @@ def stitch(
     coords: np.ndarray | torch.Tensor,
     shape: tuple[int, int],
     crop: int | None = None,
+    *,
+    weighting: Weighting = "flat",
+    probe: torch.Tensor | np.ndarray | None = None,
+    weights: torch.Tensor | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stitch (B, N, N) complex patches at (B, 2) coords (x, y) into an (H, W) canvas.
 
-    ``crop`` = M, the central crop kept from each patch (default N/4 rounded to even).
+    ``crop`` = M, the central crop kept from each patch by ``"flat"`` (default N/4 rounded to
+    even; ignored by ``"probe"``). ``weighting``, ``probe``: see :class:`Stitcher`; ``weights``:
+    optional (B, N, N) per-patch weight maps (see :meth:`Stitcher.add`).
     Returns ``(image complex64, coverage float32)``.
     """
     p = torch.as_tensor(patches)
     N = int(p.shape[-1])
     M = max(2, 2 * round(N / 8)) if crop is None else crop
-    s = Stitcher(shape, N, M)
-    s.add(p, coords)
+    s = Stitcher(shape, N, M, weighting=weighting, probe=probe)
+    s.add(p, coords, weights)
     return s.result()

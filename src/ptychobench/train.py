@@ -7,6 +7,26 @@ What one call of :func:`train` does::
                       → validation loss → scheduler / early stopping → checkpoint.pt (atomic)
     → bundle (ptychobench.models.bundle) in out_dir
 
+Stopping criterion
+------------------
+Training stops on a validation plateau, or else after ``cfg.epochs`` epochs. The monitored loss is
+the validation loss (the training loss when there is no validation split). An epoch is an
+*improvement* when its monitored loss ``L`` satisfies ``L < ref − min_delta·|ref|``, where ``ref``
+is the monitored loss of the last improvement (``+inf`` before the first epoch; the threshold is
+relative, so it works for negative losses such as a Poisson NLL too; ``min_delta = 0``: any
+decrease). Training stops after epoch ``e`` when ``early_stopping_patience > 0``, the last
+``early_stopping_patience`` epochs brought no improvement, and ``e >= min_epochs``; a plateau
+reached earlier stops the run at epoch ``min_epochs``. ``min_delta`` only decides what counts as
+progress: the *best* epoch (``best_epoch``, the weights bundled with ``restore_best``) is always
+the epoch of the lowest monitored loss. The learning-rate schedule (``ReduceLROnPlateau``) keeps
+its own threshold (PyTorch's default, relative 1e-4) and ignores ``min_delta``. The criterion is
+the pure :class:`EarlyStopping` (see also :func:`should_stop`). Why a run ended is
+``TrainResult.stop_reason`` and ``extra.stop_reason`` in the bundle's ``config.json``:
+``"plateau"`` (early stopping), ``"max_epochs"`` (``cfg.epochs`` reached), ``"time_budget"``
+(``cfg.max_seconds``: no epoch starts that would end past the cap at the mean epoch time so far —
+for benchmarks that give every arm the same seconds; the epoch count then depends on the machine)
+or ``"interrupted"`` (``KeyboardInterrupt``; the bundle holds the last completed epoch).
+
 Determinism and exact resume
 ----------------------------
 Everything random that :func:`train` does is drawn from generators seeded by ``(cfg.seed, what,
@@ -58,7 +78,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -72,6 +92,8 @@ from ptychobench.models.bundle import save_bundle, state_dict_of, unwrap, verify
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "EarlyStopping",
+    "StopReason",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
@@ -80,6 +102,7 @@ __all__ = [
     "epoch_permutation",
     "seeded_build",
     "shard_indices",
+    "should_stop",
     "split_validation",
     "train",
 ]
@@ -90,8 +113,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "ptychobench-checkpoint"
 CHECKPOINT_VERSION = 1
 
+StopReason = Literal["plateau", "max_epochs", "time_budget", "interrupted"]
+
 # TrainConfig fields that may change between a run and its resumption (they do not alter the
-# trajectory of the epochs already run, or only select hardware)
+# trajectory of the epochs already run, or only select hardware). early_stopping_patience and
+# min_epochs only compare the stored count of epochs without improvement with a number, so a
+# resumed run stops exactly where a fresh run with the new values would (unless it has already
+# stopped). min_delta is *not* mutable: it decides which of the epochs already run were
+# improvements, i.e. the stored count and reference loss; changing it on resume would give a run
+# that neither value produces.
 _RESUME_MUTABLE = {
     "epochs",
     "device",
@@ -99,6 +129,8 @@ _RESUME_MUTABLE = {
     "log_every_s",
     "amp",
     "early_stopping_patience",
+    "min_epochs",
+    "max_seconds",
 }
 
 M = TypeVar("M", bound=nn.Module)
@@ -126,6 +158,24 @@ class TrainConfig(BaseModel):
     min_lr: float = Field(1e-4, ge=0, description="lower bound of the LR schedule")
     early_stopping_patience: int = Field(
         10, ge=0, description="stop after this many epochs without improvement; 0 disables"
+    )
+    min_epochs: int = Field(
+        0, ge=0, description="early stopping never ends a run before this many epochs completed"
+    )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="wall-time cap of this call's epochs (benchmarks): no epoch starts that "
+        "would end past it at the mean epoch time so far (at least one epoch runs). The epoch "
+        "count then depends on the machine, so same config ⇒ same bytes no longer holds",
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="relative improvement for early stopping: an epoch improves if its monitored "
+        "loss < ref − min_delta·|ref| (ref: loss of the last improvement); 0: any decrease",
     )
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; None disables")
     amp: Literal["auto", "off"] = Field("auto", description="auto: bf16 autocast on CUDA only")
@@ -160,6 +210,9 @@ class TrainResult:
         Early stopping ended the run.
     best_epoch : int
         Epoch with the lowest monitored loss (0 if none).
+    stop_reason : {"plateau", "max_epochs", "time_budget", "interrupted"}
+        Why training ended: early stopping on a plateau, ``cfg.epochs`` reached, or a
+        ``KeyboardInterrupt`` (also for a finished run resumed: its original reason).
     """
 
     history: list[dict[str, Any]]
@@ -170,6 +223,96 @@ class TrainResult:
     patterns_per_s: float
     stopped_early: bool = False
     best_epoch: int = 0
+    stop_reason: StopReason = "max_epochs"
+
+
+# --------------------------------------------------------------------------------------------
+# stopping criterion
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """The stopping criterion of :func:`train` (module docstring, "Stopping criterion"); pure.
+
+    Feed it the monitored loss of each epoch in turn with :meth:`update`; it says when to stop.
+
+    Attributes
+    ----------
+    patience : int
+        Epochs without improvement that end the run; 0 never stops.
+    min_epochs : int
+        Never stop before this many epochs.
+    min_delta : float
+        Relative improvement: ``loss < ref − min_delta·|ref|`` improves.
+    epoch : int
+        Epochs seen.
+    best, best_epoch : float, int
+        Lowest monitored loss and its (1-based) epoch (``inf``, 0 before any).
+    ref : float
+        Monitored loss of the last improvement (the reference of ``min_delta``).
+    bad_epochs : int
+        Epochs since the last improvement.
+    stopped : bool
+        The criterion has fired (stays True).
+
+    Examples
+    --------
+    >>> es = EarlyStopping(patience=2)
+    >>> [es.update(x) for x in (3.0, 2.0, 2.0, 2.5)]
+    [False, False, False, True]
+    >>> es.best_epoch
+    2
+    """
+
+    patience: int = 0
+    min_epochs: int = 0
+    min_delta: float = 0.0
+    epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = 0
+    ref: float = math.inf
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def improves(self, loss: float) -> bool:
+        """Whether ``loss`` would count as an improvement on :attr:`ref`."""
+        if self.min_delta == 0 or not math.isfinite(self.ref):
+            return loss < self.ref
+        return loss < self.ref - self.min_delta * abs(self.ref)
+
+    def update(self, loss: float) -> bool:
+        """Record the monitored loss of the next epoch; True if training should stop after it."""
+        self.epoch += 1
+        if loss < self.best:
+            self.best, self.best_epoch = loss, self.epoch
+        if self.improves(loss):
+            self.ref, self.bad_epochs = loss, 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.stopped or (
+            self.patience > 0 and self.bad_epochs >= self.patience and self.epoch >= self.min_epochs
+        )
+        return self.stopped
+
+
+def should_stop(
+    losses: Sequence[float], patience: int, min_epochs: int = 0, min_delta: float = 0.0
+) -> bool:
+    """Whether training stops after the last of ``losses`` (monitored loss per epoch, in order).
+
+    Equivalent to feeding ``losses`` to a fresh :class:`EarlyStopping` and returning its last
+    answer (True once the criterion has fired at or before the last epoch).
+
+    Examples
+    --------
+    >>> should_stop([10, 5, 4, 4, 4], patience=3), should_stop([10, 5, 4, 4, 4, 4], patience=3)
+    (False, True)
+    """
+    es = EarlyStopping(patience=patience, min_epochs=min_epochs, min_delta=min_delta)
+    for loss in losses:
+        es.update(float(loss))
+    return es.stopped
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,13 +452,14 @@ class _Dist:
 
 @dataclasses.dataclass
 class _State:
-    epoch: int = 0  # completed epochs
-    best: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    stopped_early: bool = False
+    stop: EarlyStopping  # its .epoch: completed epochs
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
+    out_of_time: bool = False
+
+    @property
+    def epoch(self) -> int:
+        return self.stop.epoch
 
 
 class _LossModule(nn.Module):
@@ -480,11 +624,13 @@ def _check_compatible(
             f"(sha256 {ckpt['data_sha256'][:12]}… vs {sha[:12]}…)"
         )
     now = cfg.model_dump(mode="json")
-    diff = sorted(k for k in now if k not in _RESUME_MUTABLE and ckpt["training"].get(k) != now[k])
+    # a setting missing from an older checkpoint had its default then
+    then = {k: ckpt["training"].get(k, TrainConfig.model_fields[k].default) for k in now}
+    diff = sorted(k for k in now if k not in _RESUME_MUTABLE and then[k] != now[k])
     if diff:
         raise TrainingError(
             f"{where}: training settings differ from the checkpoint's: "
-            + ", ".join(f"{k} ({ckpt['training'].get(k)!r} → {now[k]!r})" for k in diff)
+            + ", ".join(f"{k} ({then[k]!r} → {now[k]!r})" for k in diff)
         )
     if ckpt.get("world_size", 1) != world:
         log.warning(
@@ -664,9 +810,7 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     try:
         device = _resolve_device(cfg.device, dist)
-        return _train(
-            base, data, arrays, cfg, out_dir, device, dist, resume, extra_config, progress, t0
-        )
+        return _train(base, data, cfg, out_dir, device, dist, resume, extra_config, progress, t0)
     finally:
         if cfg.num_threads:
             torch.set_num_threads(prev_threads)
@@ -677,7 +821,6 @@ def train(
 def _train(
     base: nn.Module,
     data: dict[str, torch.Tensor],
-    arrays: Mapping[str, np.ndarray],
     cfg: TrainConfig,
     out_dir: Path,
     device: torch.device,
@@ -687,7 +830,133 @@ def _train(
     progress: bool | None,
     t0: float,
 ) -> TrainResult:
-    G, C = data["diffraction"].shape[:2]
+    run = _setup(base, data, cfg, out_dir, device, dist, resume, extra_config)
+    st = _initial_state(run, resume)
+    if st.stop.stopped or st.epoch >= cfg.epochs:
+        return _already_finished(run, st, t0)
+
+    run.net = _wrap(run)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    reporter = _Reporter(
+        dist.main, bool(progress), cfg.epochs, run.steps, st.epoch * run.steps, cfg.log_every_s
+    )
+    start_epoch = st.epoch
+    train_seconds = 0.0
+    patterns_done = 0
+    interrupted = False
+    t_loop = time.perf_counter()
+    try:
+        for epoch in range(st.epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            train_loss, count, lr = _run_epoch(run, epoch, t_epoch, reporter)
+            t_train = time.perf_counter() - t_epoch
+            val_loss = _validate(run)
+            row = _end_of_epoch(run, st, train_loss, val_loss, lr, count, t_epoch, t_train)
+            train_seconds += t_train
+            patterns_done += int(count) * run.channels
+            if dist.main:
+                _save_checkpoint(run.ckpt_path, _checkpoint(run, st))
+            reporter.epoch_end(row)
+            _barrier(dist)
+            if _out_of_time(run, epoch + 1 - start_epoch, time.perf_counter() - t_loop):
+                st.out_of_time = True
+                log.info("time budget %.0f s: stop after epoch %d", cfg.max_seconds, st.epoch)
+                break
+            if st.stop.stopped:
+                log.info(
+                    "early stopping (plateau) after epoch %d (best epoch %d, monitored loss %.4g)",
+                    st.epoch,
+                    st.stop.best_epoch,
+                    st.stop.best,
+                )
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        reporter.close()
+
+    if interrupted:
+        st, bundle_dir = _finish_interrupted(run, st)
+    else:
+        bundle_dir = _finish(run, st)
+    return _result(
+        run,
+        st,
+        bundle_dir,
+        interrupted=interrupted,
+        epochs_run=st.epoch - start_epoch,
+        seconds=time.perf_counter() - t0,
+        patterns_per_s=patterns_done / train_seconds if train_seconds > 0 else 0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of _train
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one call of :func:`train` works with (fixed for the call)."""
+
+    base: nn.Module
+    data: dict[str, torch.Tensor]
+    cfg: TrainConfig
+    out_dir: Path
+    device: torch.device
+    dist: _Dist
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    sha: str
+    data_info: dict[str, Any]
+    training_dump: dict[str, Any]
+    kind: str
+    model_cfg: dict[str, Any]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.ReduceLROnPlateau
+    net: nn.Module | None = None  # the (DDP-wrapped) loss module, set by _wrap
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_FILE
+
+    @property
+    def use_val(self) -> bool:
+        return self.val_idx.numel() > 0
+
+    @property
+    def channels(self) -> int:
+        return int(self.data["diffraction"].shape[1])
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch and process."""
+        n_mine = -(-self.train_idx.numel() // self.dist.world)
+        return -(-n_mine // self.cfg.batch_size)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.cfg.amp == "auto":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def final_weights(self, st: _State) -> dict | None:
+        """The weights to bundle (None: the model's current ones)."""
+        return st.best_state if (self.cfg.restore_best and self.use_val and st.best_state) else None
+
+
+def _setup(
+    base: nn.Module,
+    data: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    dist: _Dist,
+    resume: bool,
+    extra_config: Mapping[str, Any] | None,
+) -> _Run:
+    """Split, data facts, output directory, model on the device, Adam and the LR schedule."""
+    G = data["diffraction"].shape[0]
     train_idx, val_idx = split_validation(G, cfg.val_fraction, cfg.seed)
     if cfg.val_fraction > 0 and val_idx.numel() == 0:
         log.warning("only %d group(s): no validation split; monitoring the training loss", G)
@@ -695,9 +964,6 @@ def _train(
     data_info = _data_summary(data, train_idx.numel(), val_idx.numel(), sha)
     if extra_config:
         data_info.update(dict(extra_config))
-    training_dump = cfg.model_dump(mode="json")
-    kind = str(base.kind)
-    model_cfg = base.config.model_dump(mode="json")
     ckpt_path = out_dir / CHECKPOINT_FILE
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -717,231 +983,288 @@ def _train(
         patience=cfg.plateau_patience,
         min_lr=cfg.min_lr,
     )
-    st = _State()
-    use_val = val_idx.numel() > 0
-
-    def bundle(state_dict: dict | None, history: list[dict]) -> Path:
-        return save_bundle(
-            base,
-            out_dir,
-            history=history,
-            training=training_dump,
-            data=data_info,
-            state_dict=state_dict,
-        )
-
-    if resume:
-        if ckpt_path.is_file():
-            ckpt = _load_checkpoint(ckpt_path, device)
-            _check_compatible(ckpt, cfg, kind, model_cfg, sha, dist.world)
-            base.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            st = _State(
-                epoch=int(ckpt["epoch"]),
-                best=float(ckpt["best"]),
-                best_epoch=int(ckpt["best_epoch"]),
-                bad_epochs=int(ckpt["bad_epochs"]),
-                stopped_early=bool(ckpt["stopped_early"]),
-                history=list(ckpt["history"]),
-                best_state=ckpt.get("best_model"),
-            )
-            log.info("resuming %s from epoch %d/%d", out_dir, st.epoch, cfg.epochs)
-        else:
-            log.info("no checkpoint in %s: starting fresh", out_dir)
-
-    def final_weights() -> dict | None:
-        return st.best_state if (cfg.restore_best and use_val and st.best_state) else None
-
-    if st.stopped_early or st.epoch >= cfg.epochs:
-        log.info("%s: training already finished at epoch %d; nothing to do", out_dir, st.epoch)
-        if final_weights() is not None:
-            base.load_state_dict(final_weights())
-        if dist.main and st.epoch > 0:
-            try:
-                verify_bundle(out_dir)
-            except ValueError:
-                bundle(final_weights(), st.history)
-        _barrier(dist)
-        return TrainResult(
-            history=st.history,
-            bundle_dir=out_dir if st.epoch > 0 else None,
-            interrupted=False,
-            epochs_run=0,
-            seconds=time.perf_counter() - t0,
-            patterns_per_s=0.0,
-            stopped_early=st.stopped_early,
-            best_epoch=st.best_epoch,
-        )
-
-    net: nn.Module = _LossModule(base)
-    if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    amp = device.type == "cuda" and cfg.amp == "auto"
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    n_mine = -(-train_idx.numel() // dist.world)
-    steps = -(-n_mine // cfg.batch_size)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    reporter = _Reporter(
-        dist.main, bool(progress), cfg.epochs, steps, st.epoch * steps, cfg.log_every_s
+    return _Run(
+        base=base,
+        data=data,
+        cfg=cfg,
+        out_dir=out_dir,
+        device=device,
+        dist=dist,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        sha=sha,
+        data_info=data_info,
+        training_dump=cfg.model_dump(mode="json"),
+        kind=str(base.kind),
+        model_cfg=base.config.model_dump(mode="json"),
+        opt=opt,
+        sched=sched,
     )
-    start_epoch = st.epoch
-    train_seconds = 0.0
-    patterns_done = 0
-    interrupted = False
-    try:
-        for epoch in range(st.epoch, cfg.epochs):
-            e1 = epoch + 1
-            t_epoch = time.perf_counter()
-            torch.manual_seed(derive_seed(cfg.seed, "torch", epoch))
-            perm = train_idx[epoch_permutation(train_idx.numel(), cfg.seed, epoch)]
-            mine = shard_indices(perm, dist.rank, dist.world)
-            lr = float(opt.param_groups[0]["lr"])
-            base.train()
-            loss_sum, count = 0.0, 0
-            for step, s in enumerate(range(0, mine.numel(), cfg.batch_size)):
-                idx = mine[s : s + cfg.batch_size]
-                batch = _batch(data, idx, device)
-                opt.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = net(batch)
-                value = float(loss.detach().float())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"non-finite training loss ({value}) at epoch {e1}, step {step + 1}; "
-                        f"the checkpoint of epoch {st.epoch} is kept — lower lr or check the data"
-                    )
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(base.parameters(), cfg.grad_clip)
-                opt.step()
-                loss_sum += value * idx.numel()
-                count += idx.numel()
-                el = time.perf_counter() - t_epoch
-                reporter.step(e1, step + 1, value, count * C * dist.world / max(el, 1e-9))
-            t_train = time.perf_counter() - t_epoch
-            loss_sum, count = _allreduce_sums(dist, device, loss_sum, count)
-            train_loss = loss_sum / max(count, 1)
 
-            val_loss: float | None = None
-            if use_val:
-                base.eval()
-                v_sum, v_n = 0.0, 0
-                my_val = val_idx[dist.rank :: dist.world]
-                with torch.no_grad():
-                    for s in range(0, my_val.numel(), cfg.batch_size):
-                        idx = my_val[s : s + cfg.batch_size]
-                        with autocast():
-                            v = float(base.loss(_batch(data, idx, device)).float())
-                        v_sum += v * idx.numel()
-                        v_n += idx.numel()
-                v_sum, v_n = _allreduce_sums(dist, device, v_sum, v_n)
-                val_loss = v_sum / max(v_n, 1)
 
-            monitored = val_loss if val_loss is not None else train_loss
-            sched.step(monitored)
-            if monitored < st.best:
-                st.best, st.best_epoch, st.bad_epochs = monitored, e1, 0
-                if cfg.restore_best and use_val:
-                    st.best_state = state_dict_of(base)
-            else:
-                st.bad_epochs += 1
-            if cfg.early_stopping_patience and st.bad_epochs >= cfg.early_stopping_patience:
-                st.stopped_early = True
-            seconds = time.perf_counter() - t_epoch
-            pps = count * C / max(t_train, 1e-9)
-            row = {
-                "epoch": e1,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "lr": lr,
-                "seconds": seconds,
-                "patterns_per_s": pps,
-            }
-            st.history.append(row)
-            st.epoch = e1
-            train_seconds += t_train
-            patterns_done += int(count) * C
-            if dist.main:
-                _save_checkpoint(
-                    ckpt_path,
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "version": CHECKPOINT_VERSION,
-                        "epoch": st.epoch,
-                        "model": state_dict_of(base),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "best": st.best,
-                        "best_epoch": st.best_epoch,
-                        "bad_epochs": st.bad_epochs,
-                        "stopped_early": st.stopped_early,
-                        "best_model": st.best_state,
-                        "history": st.history,
-                        "training": training_dump,
-                        "kind": kind,
-                        "model_config": model_cfg,
-                        "data_sha256": sha,
-                        "data": data_info,
-                        "world_size": dist.world,
-                    },
-                )
-            reporter.epoch_end(row)
-            _barrier(dist)
-            if st.stopped_early:
-                log.info(
-                    "early stopping after epoch %d (best epoch %d, monitored loss %.4g)",
-                    e1,
-                    st.best_epoch,
-                    st.best,
-                )
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        reporter.close()
+def _new_stopper(cfg: TrainConfig) -> EarlyStopping:
+    return EarlyStopping(
+        patience=cfg.early_stopping_patience, min_epochs=cfg.min_epochs, min_delta=cfg.min_delta
+    )
 
-    bundle_dir: Path | None = None
+
+def _state_from_checkpoint(ckpt: dict[str, Any], cfg: TrainConfig) -> _State:
+    best = float(ckpt["best"])
+    stop = dataclasses.replace(
+        _new_stopper(cfg),
+        epoch=int(ckpt["epoch"]),
+        best=best,
+        best_epoch=int(ckpt["best_epoch"]),
+        ref=float(ckpt.get("stop_ref", best)),  # older checkpoints: min_delta was 0, ref == best
+        bad_epochs=int(ckpt["bad_epochs"]),
+        stopped=bool(ckpt["stopped_early"]),
+    )
+    return _State(stop=stop, history=list(ckpt["history"]), best_state=ckpt.get("best_model"))
+
+
+def _initial_state(run: _Run, resume: bool) -> _State:
+    """A fresh state, or (``resume``) the checkpoint's, loaded into model, Adam and schedule."""
+    if resume:
+        if run.ckpt_path.is_file():
+            ckpt = _load_checkpoint(run.ckpt_path, run.device)
+            _check_compatible(ckpt, run.cfg, run.kind, run.model_cfg, run.sha, run.dist.world)
+            run.base.load_state_dict(ckpt["model"])
+            run.opt.load_state_dict(ckpt["optimizer"])
+            run.sched.load_state_dict(ckpt["scheduler"])
+            st = _state_from_checkpoint(ckpt, run.cfg)
+            log.info("resuming %s from epoch %d/%d", run.out_dir, st.epoch, run.cfg.epochs)
+            return st
+        log.info("no checkpoint in %s: starting fresh", run.out_dir)
+    return _State(stop=_new_stopper(run.cfg))
+
+
+def _out_of_time(run: _Run, epochs_done: int, elapsed: float) -> bool:
+    """Would one more epoch (at the mean epoch time so far) end past ``cfg.max_seconds``?
+
+    Every rank takes the same decision (the slowest rank's clock decides).
+    """
+    cap = run.cfg.max_seconds
+    if cap is None or epochs_done < 1:
+        return False
+    late = 1.0 if elapsed + elapsed / epochs_done > cap else 0.0
+    (late,) = _allreduce_sums(run.dist, run.device, late)
+    return late > 0
+
+
+def _stop_reason(st: _State, interrupted: bool) -> StopReason:
     if interrupted:
-        log.warning(
-            "interrupted during epoch %d; keeping the checkpoint of the last completed epoch",
-            st.epoch + 1,
-        )
-        if ckpt_path.is_file():
-            # the checkpoint on disk is the last completed epoch, whatever the model holds now
-            ckpt = _load_checkpoint(ckpt_path, torch.device("cpu"))
-            use_best = cfg.restore_best and use_val and ckpt.get("best_model")
-            weights = ckpt["best_model"] if use_best else ckpt["model"]
-            base.load_state_dict(weights)
-            st.history, st.epoch = list(ckpt["history"]), int(ckpt["epoch"])
-            if dist.main:
-                bundle(weights, st.history)
-                bundle_dir = out_dir
-                log.warning(
-                    "bundle of epoch %d written to %s; resume=True continues", st.epoch, out_dir
-                )
-    else:
-        if final_weights() is not None:
-            base.load_state_dict(final_weights())
-        if dist.main:
-            bundle(None, st.history)
-        _barrier(dist)
-        bundle_dir = out_dir
+        return "interrupted"
+    if st.stop.stopped:
+        return "plateau"
+    return "time_budget" if st.out_of_time else "max_epochs"
+
+
+def _bundle(run: _Run, st: _State, state_dict: dict | None, reason: StopReason) -> Path:
+    """Write the bundle of ``st``; ``extra`` records why and where training stopped."""
+    outcome = {
+        "stop_reason": reason,
+        "stopped_early": st.stop.stopped,
+        "epochs_completed": st.epoch,
+        "best_epoch": st.stop.best_epoch,
+        "best_monitored_loss": st.stop.best,
+        "monitored": "val_loss" if run.use_val else "train_loss",
+    }
+    return save_bundle(
+        run.base,
+        run.out_dir,
+        history=st.history,
+        training=run.training_dump,
+        data=run.data_info,
+        extra=outcome,
+        state_dict=state_dict,
+    )
+
+
+def _result(run: _Run, st: _State, bundle_dir: Path | None, **kw: Any) -> TrainResult:
     return TrainResult(
         history=st.history,
         bundle_dir=bundle_dir,
-        interrupted=interrupted,
-        epochs_run=st.epoch - start_epoch,
-        seconds=time.perf_counter() - t0,
-        patterns_per_s=patterns_done / train_seconds if train_seconds > 0 else 0.0,
-        stopped_early=st.stopped_early,
-        best_epoch=st.best_epoch,
+        stopped_early=st.stop.stopped,
+        best_epoch=st.stop.best_epoch,
+        stop_reason=_stop_reason(st, kw["interrupted"]),
+        **kw,
     )
+
+
+def _already_finished(run: _Run, st: _State, t0: float) -> TrainResult:
+    """A resumed run that has nothing left to do: make sure its bundle is there."""
+    log.info("%s: training already finished at epoch %d; nothing to do", run.out_dir, st.epoch)
+    weights = run.final_weights(st)
+    if weights is not None:
+        run.base.load_state_dict(weights)
+    if run.dist.main and st.epoch > 0:
+        try:
+            verify_bundle(run.out_dir)
+        except ValueError:
+            _bundle(run, st, weights, _stop_reason(st, False))
+    _barrier(run.dist)
+    return _result(
+        run,
+        st,
+        run.out_dir if st.epoch > 0 else None,
+        interrupted=False,
+        epochs_run=0,
+        seconds=time.perf_counter() - t0,
+        patterns_per_s=0.0,
+    )
+
+
+def _wrap(run: _Run) -> nn.Module:
+    """The loss module that takes the steps: DDP-wrapped under ``torchrun``."""
+    net: nn.Module = _LossModule(run.base)
+    if run.dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
+    return net
+
+
+def _run_epoch(
+    run: _Run, epoch: int, t_epoch: float, reporter: _Reporter
+) -> tuple[float, float, float]:
+    """Train epoch ``epoch`` (0-based): seeded RNG and data order, one optimiser step per batch.
+
+    Returns
+    -------
+    train_loss, count, lr : float
+        Mean training loss and number of groups over all processes, learning rate of the epoch.
+    """
+    cfg, dist, base, opt = run.cfg, run.dist, run.base, run.opt
+    assert run.net is not None
+    torch.manual_seed(derive_seed(cfg.seed, "torch", epoch))
+    perm = run.train_idx[epoch_permutation(run.train_idx.numel(), cfg.seed, epoch)]
+    mine = shard_indices(perm, dist.rank, dist.world)
+    lr = float(opt.param_groups[0]["lr"])
+    base.train()
+    loss_sum, count = 0.0, 0
+    for step, s in enumerate(range(0, mine.numel(), cfg.batch_size)):
+        idx = mine[s : s + cfg.batch_size]
+        batch = _batch(run.data, idx, run.device)
+        opt.zero_grad(set_to_none=True)
+        with run.autocast():
+            loss = run.net(batch)
+        value = float(loss.detach().float())
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"non-finite training loss ({value}) at epoch {epoch + 1}, step {step + 1}; "
+                f"the checkpoint of epoch {epoch} is kept — lower lr or check the data"
+            )
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(base.parameters(), cfg.grad_clip)
+        opt.step()
+        loss_sum += value * idx.numel()
+        count += idx.numel()
+        el = time.perf_counter() - t_epoch
+        reporter.step(epoch + 1, step + 1, value, count * run.channels * dist.world / max(el, 1e-9))
+    loss_sum, count = _allreduce_sums(dist, run.device, loss_sum, count)
+    return loss_sum / max(count, 1), count, lr
+
+
+def _validate(run: _Run) -> float | None:
+    """Mean validation loss over all processes (None without a validation split)."""
+    if not run.use_val:
+        return None
+    dist, cfg = run.dist, run.cfg
+    run.base.eval()
+    v_sum, v_n = 0.0, 0
+    my_val = run.val_idx[dist.rank :: dist.world]
+    with torch.no_grad():
+        for s in range(0, my_val.numel(), cfg.batch_size):
+            idx = my_val[s : s + cfg.batch_size]
+            with run.autocast():
+                v = float(run.base.loss(_batch(run.data, idx, run.device)).float())
+            v_sum += v * idx.numel()
+            v_n += idx.numel()
+    v_sum, v_n = _allreduce_sums(dist, run.device, v_sum, v_n)
+    return v_sum / max(v_n, 1)
+
+
+def _end_of_epoch(
+    run: _Run,
+    st: _State,
+    train_loss: float,
+    val_loss: float | None,
+    lr: float,
+    count: float,
+    t_epoch: float,
+    t_train: float,
+) -> dict[str, Any]:
+    """LR schedule, stopping criterion, best weights and the history row of the epoch."""
+    monitored = val_loss if val_loss is not None else train_loss
+    run.sched.step(monitored)
+    st.stop.update(monitored)  # advances st.epoch
+    if st.stop.best_epoch == st.epoch and run.cfg.restore_best and run.use_val:
+        st.best_state = state_dict_of(run.base)
+    row = {
+        "epoch": st.epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "lr": lr,
+        "seconds": time.perf_counter() - t_epoch,
+        "patterns_per_s": count * run.channels / max(t_train, 1e-9),
+    }
+    st.history.append(row)
+    return row
+
+
+def _checkpoint(run: _Run, st: _State) -> dict[str, Any]:
+    """Everything a resumed run needs, after a completed epoch."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": st.epoch,
+        "model": state_dict_of(run.base),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "best": st.stop.best,
+        "best_epoch": st.stop.best_epoch,
+        "stop_ref": st.stop.ref,
+        "bad_epochs": st.stop.bad_epochs,
+        "stopped_early": st.stop.stopped,
+        "best_model": st.best_state,
+        "history": st.history,
+        "training": run.training_dump,
+        "kind": run.kind,
+        "model_config": run.model_cfg,
+        "data_sha256": run.sha,
+        "data": run.data_info,
+        "world_size": run.dist.world,
+    }
+
+
+def _finish(run: _Run, st: _State) -> Path:
+    """After the last epoch: bundle the final weights (best epoch with ``restore_best``)."""
+    weights = run.final_weights(st)
+    if weights is not None:
+        run.base.load_state_dict(weights)
+    if run.dist.main:
+        _bundle(run, st, None, _stop_reason(st, False))
+    _barrier(run.dist)
+    return run.out_dir
+
+
+def _finish_interrupted(run: _Run, st: _State) -> tuple[_State, Path | None]:
+    """After a ``KeyboardInterrupt``: go back to the checkpoint on disk and bundle it."""
+    log.warning(
+        "interrupted during epoch %d; keeping the checkpoint of the last completed epoch",
+        st.epoch + 1,
+    )
+    if not run.ckpt_path.is_file():
+        return st, None
+    # the checkpoint on disk is the last completed epoch, whatever the model holds now
+    ckpt = _load_checkpoint(run.ckpt_path, torch.device("cpu"))
+    st = _state_from_checkpoint(ckpt, run.cfg)
+    use_best = run.cfg.restore_best and run.use_val and ckpt.get("best_model")
+    weights = ckpt["best_model"] if use_best else ckpt["model"]
+    run.base.load_state_dict(weights)
+    if not run.dist.main:
+        return st, None
+    _bundle(run, st, weights, "interrupted")
+    log.warning("bundle of epoch %d written to %s; resume=True continues", st.epoch, run.out_dir)
+    return st, run.out_dir

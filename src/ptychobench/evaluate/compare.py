@@ -22,6 +22,7 @@ import numpy as np
 from ptychobench.data.dataset import PtychoDataset
 from ptychobench.data.io import atomic_open
 from ptychobench.data.recon import Reconstruction
+from ptychobench.stitch import validate_weighting
 
 __all__ = ["CompareSettings", "CompareResult", "compare", "default_crop_size", "METRICS"]
 
@@ -56,9 +57,15 @@ def default_crop_size(N: int) -> int:
 
 @dataclass
 class CompareSettings:
-    """How arms are aligned and scored; identical for every arm."""
+    """How arms are aligned and scored; identical for every arm.
+
+    ``stitch_weighting`` (``"flat"`` | ``"probe"``) is how bundle arms are stitched when compare
+    runs them (:func:`ptychobench.infer.infer`); it is recorded in the settings. ``crop_size_M``
+    is the flat stitch crop and also sets the scored region's margin, whatever the weighting.
+    """
 
     crop_size_M: int | None = None
+    stitch_weighting: str = "flat"
     registration: str = "all"
     phase_align: str = "plane"
     ms_ssim_sigma: float = 1.0
@@ -78,6 +85,7 @@ class CompareSettings:
             )
         if not (self.ms_ssim_sigma >= 0 and math.isfinite(self.ms_ssim_sigma)):
             raise ValueError(f"ms_ssim_sigma: expected >= 0, found {self.ms_ssim_sigma}")
+        validate_weighting(self.stitch_weighting)
         return M
 
 
@@ -139,6 +147,7 @@ def compare(
     result = CompareResult(out_dir=out)
     result.settings = {
         "crop_size_M": M,
+        "stitch_weighting": cfg.stitch_weighting,
         "registration": cfg.registration,
         "phase_align": cfg.phase_align,
         "ms_ssim_sigma_amplitude": cfg.ms_ssim_sigma,

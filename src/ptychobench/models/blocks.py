@@ -91,6 +91,13 @@ class ModelConfig(BaseModel):
         "= the C patterns are the network's C channels (one network squeezes C patches through "
         "one bottleneck: measured worse, kept for comparison)",
     )
+    merge_weighting: Literal["flat", "probe"] = Field(
+        "flat",
+        description="PINN gs2 merge weight of each member pixel: flat = the decoder's N/2 "
+        "window (uniform), probe = window · |P|²/max|P|², the illumination that constrained "
+        "the pixel (pty-chi's object-update weighting); bundles written before this field "
+        "load as flat",
+    )
     schema_version: Literal[1] = 1
 
     @field_validator("N")

@@ -7,9 +7,9 @@ Data flow for a batch of B groups of C = gridsize² patterns (shapes in brackets
         └─► phase decoder:     ConvUp(w2), ConvUp(w1), Conv(C) → π · tanh        (B, C, N/2, N/2)
     object patches O = A · exp(iφ), zero-padded by N/4: support = central N/2 window (B, C, N, N)
     gs2 only: merge on a canvas of side S = N + 2·canvas_pad centred on the group centre
-        (each patch and its window mask shifted by +offset, canvas = Σ patches / Σ masks where
-        Σ masks > 1e-3, exact zero elsewhere), then re-extract each member: shift by −offset,
-        central N×N crop                                                         (B, C, N, N)
+        (each patch times its weight map, and the weight map, shifted by +offset; canvas =
+        Σ w·patches / Σ w where Σ w > 1e-3, exact zero elsewhere), then re-extract each member:
+        shift by −offset, central N×N crop                                       (B, C, N, N)
     physics (float32, autocast off): Ψ = P · O;  Â = |fftshift(fft2(Ψ, ortho))| · exp(λ)
         — :func:`ptychobench.physics.forward_amplitude`, the simulator's own forward model
 
@@ -17,6 +17,12 @@ Offsets are ``member position − group centre`` (x, y) in object pixels, zero-m
 network never sees absolute positions. A member's patch is centred on the member position, so it
 sits at ``shift(+offset)`` on a canvas centred on the group centre (positive t moves content
 right/down, :func:`ptychobench.physics.shift_bilinear`).
+
+Merge weight (``config.merge_weighting``, SPEC §5.4 "Weighting"): ``"flat"`` weights every pixel
+of the decoder's N/2 window equally; ``"probe"`` weights it by ``window · |P|²/max|P|²``, the
+member's own illumination in its own frame (moved with its patch), so window corners the probe
+never lit do not dilute a neighbour's well-constrained pixels. The weight is computed from the
+current probe, detached (a trainable probe gets no gradient through its weighting).
 
 Loss (per pixel, mean over pixels, patterns and batch): Poisson NLL ``μ − n·log(μ + ε)`` with
 ``μ = Â²`` (predicted counts), ``n = diffraction²`` (measured counts) and ``ε = 1e-6`` (keeps the
@@ -34,6 +40,7 @@ from torch import nn
 
 from ptychobench.models.blocks import Decoder, Encoder, ModelConfig, init_weights, widths
 from ptychobench.physics import forward_amplitude, shift_bilinear
+from ptychobench.stitch import probe_weight, support_window, validate_weighting
 
 __all__ = [
     "POISSON_EPS",
@@ -51,7 +58,7 @@ POISSON_EPS = 1e-6
 """ε inside the Poisson log: ``μ − n·log(μ + ε)``."""
 
 MERGE_MIN_WEIGHT = 1e-3
-"""Canvas pixels whose summed window weight is at most this are uncovered (exact zero)."""
+"""Canvas pixels whose summed merge weight is at most this are uncovered (exact zero)."""
 
 
 def central_window(
@@ -71,9 +78,7 @@ def central_window(
     torch.Tensor
         (N, N) mask.
     """
-    w = torch.zeros((N, N), dtype=dtype, device=device)
-    w[N // 4 : 3 * N // 4, N // 4 : 3 * N // 4] = 1
-    return w
+    return support_window(N, dtype, device)
 
 
 def check_offsets(offsets: torch.Tensor, B: int, C: int, pad: int) -> torch.Tensor:
@@ -123,15 +128,15 @@ def check_offsets(offsets: torch.Tensor, B: int, C: int, pad: int) -> torch.Tens
 def merge_patches(
     patches: torch.Tensor,
     offsets: torch.Tensor,
-    window: torch.Tensor,
+    weight: torch.Tensor,
     pad: int,
     min_weight: float = MERGE_MIN_WEIGHT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average a group's patches on a shared canvas centred on the group centre.
+    """Weighted average of a group's patches on a shared canvas centred on the group centre.
 
-    Each patch is masked by ``window`` (so only the decoder's support counts), zero-padded by
-    ``pad`` and shifted by ``+offset`` with :func:`ptychobench.physics.shift_bilinear`; its window
-    is shifted identically. ``canvas = Σ patches / Σ windows`` where ``Σ windows > min_weight``
+    Each patch is multiplied by its weight map (so only the decoder's support counts), zero-padded
+    by ``pad`` and shifted by ``+offset`` with :func:`ptychobench.physics.shift_bilinear`; its
+    weight map is shifted identically. ``canvas = Σ w·patches / Σ w`` where ``Σ w > min_weight``
     and exactly zero elsewhere (no ε-amplified borders).
 
     Parameters
@@ -140,8 +145,9 @@ def merge_patches(
         (B, C, N, N) complex.
     offsets : torch.Tensor
         (B, C, 2) member − centre, (x, y) px (validate with :func:`check_offsets` first).
-    window : torch.Tensor
-        (N, N) real mask of each patch's support.
+    weight : torch.Tensor
+        Real, >= 0, (N, N) shared by every member or (B, C, N, N) per member, in each member's
+        frame: the window (``"flat"``) or ``window · |P|²/max|P|²`` (``"probe"``).
     pad : int
         Canvas pad; the canvas side is ``S = N + 2·pad``.
     min_weight : float
@@ -152,11 +158,11 @@ def merge_patches(
     canvas : torch.Tensor
         (B, S, S) complex, the merged object of each group.
     weight : torch.Tensor
-        (B, S, S) real, Σ of the shifted windows (the coverage).
+        (B, S, S) real, Σ of the shifted weight maps (the coverage).
     """
     padding = (pad, pad, pad, pad)
-    placed = shift_bilinear(F.pad(patches * window, padding), offsets)
-    masks = shift_bilinear(F.pad(window, padding), offsets)
+    placed = shift_bilinear(F.pad(patches * weight, padding), offsets)
+    masks = shift_bilinear(F.pad(weight, padding), offsets)
     numerator = placed.sum(dim=1)
     weight = masks.sum(dim=1)
     covered = weight > min_weight
@@ -191,12 +197,13 @@ def extract_from_canvas(canvas: torch.Tensor, offsets: torch.Tensor, N: int) -> 
 def merge_at_members(
     patches: torch.Tensor,
     offsets: torch.Tensor,
-    window: torch.Tensor,
+    weight: torch.Tensor,
     min_weight: float = MERGE_MIN_WEIGHT,
 ) -> torch.Tensor:
     """Merge a group's patches and re-extract every member, in each member's own frame.
 
-    The same average as :func:`merge_patches` followed by :func:`extract_from_canvas`, but each
+    The same weighted average as :func:`merge_patches` followed by :func:`extract_from_canvas`,
+    but each
     source patch is moved once, by the relative offset ``o_d − o_c``, straight into member
     ``c``'s N×N frame: a member's own patch is used exactly (shift 0), and a neighbour's is
     interpolated once instead of twice. Two bilinear shifts blur sub-pixel detail by an amount
@@ -209,10 +216,12 @@ def merge_at_members(
         (B, C, N, N) complex, each centred on its member's position.
     offsets : torch.Tensor
         (B, C, 2) member − centre, (x, y) px.
-    window : torch.Tensor
-        (N, N) real mask of each patch's support.
+    weight : torch.Tensor
+        Real, >= 0, (N, N) shared by every member or (B, C, N, N) per member, in each member's
+        frame (moved with its patch): the window (``"flat"``) or ``window · |P|²/max|P|²``
+        (``"probe"``).
     min_weight : float
-        Coverage threshold; below it the merged object is exactly zero.
+        Coverage threshold on ``Σ w``; at or below it the merged object is exactly zero.
 
     Returns
     -------
@@ -221,9 +230,12 @@ def merge_at_members(
     """
     B, C, N, _ = patches.shape
     rel = offsets[:, None, :, :] - offsets[:, :, None, :]  # [b, c, d] = o_d − o_c
-    src = (patches * window).unsqueeze(1).expand(B, C, C, N, N)
+    src = (patches * weight).unsqueeze(1).expand(B, C, C, N, N)
     placed = shift_bilinear(src, rel)
-    masks = shift_bilinear(window.to(rel.dtype).expand(B, C, C, N, N), rel)
+    w = weight.to(rel.dtype)
+    if w.ndim == 4:  # (B, C, N, N): source member d sits on dim 2, like src
+        w = w.unsqueeze(1)
+    masks = shift_bilinear(w.expand(B, C, C, N, N), rel)
     numerator = placed.sum(dim=2)
     weight = masks.sum(dim=2)
     covered = weight > min_weight
@@ -322,6 +334,27 @@ class PtychoPINN(nn.Module):
         """Current far-field amplitude scale ``exp(λ)``."""
         return float(self.log_intensity_scale.detach().exp())
 
+    def merge_weight(self, weighting: str | None = None) -> torch.Tensor:
+        """(N, N) gs2 merge weight of a member pixel, in the member's own frame.
+
+        Parameters
+        ----------
+        weighting : str, optional
+            ``"flat"`` (the decoder's window) or ``"probe"`` (``window · |P|²/max|P|²`` of the
+            current probe, detached); default ``config.merge_weighting``.
+
+        Returns
+        -------
+        torch.Tensor
+            (N, N) float32 on the model's device.
+        """
+        name = validate_weighting(
+            self.config.merge_weighting if weighting is None else weighting, "merge weighting"
+        )
+        if name == "flat":
+            return self.window
+        return probe_weight(self.probe.detach(), self.config.N, window=self.window)
+
     def _check_diffraction(self, diffraction: torch.Tensor) -> None:
         N, C = self.config.N, self.config.channels
         if diffraction.ndim != 4 or tuple(diffraction.shape[1:]) != (C, N, N):
@@ -388,7 +421,7 @@ class PtychoPINN(nn.Module):
         B, C = patches.shape[:2]
         offsets = check_offsets(offsets, B, C, self.config.canvas_pad).to(patches.device)
         canvas, _ = merge_patches(
-            patches.to(torch.complex64), offsets, self.window, self.config.canvas_pad
+            patches.to(torch.complex64), offsets, self.merge_weight(), self.config.canvas_pad
         )
         return canvas
 
@@ -428,7 +461,7 @@ class PtychoPINN(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             obj = object_patches.to(torch.complex64)
             if off is not None:
-                obj = merge_at_members(obj, off, self.window)
+                obj = merge_at_members(obj, off, self.merge_weight())
             amp = forward_amplitude(self.probe.to(torch.complex64), obj)
             return amp * self.log_intensity_scale.float().exp()
 
@@ -493,8 +526,15 @@ class PtychoPINN(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, diffraction: torch.Tensor, offsets: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        diffraction: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        *,
+        weighting: str | None = None,
+        return_weight: bool = False,
+        min_weight: float = MERGE_MIN_WEIGHT,
+        full_canvas: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Object patch per group (gs2, merged canvas cropped N×N) or per pattern (gs1).
 
         Parameters
@@ -503,13 +543,23 @@ class PtychoPINN(nn.Module):
             (B, C, N, N) amplitudes.
         offsets : torch.Tensor, optional
             (B, C, 2) member − centre, (x, y) px; required at gs2.
+        weighting, return_weight, min_weight, full_canvas
+            As in :meth:`predict_from_patches`.
 
         Returns
         -------
         torch.Tensor
-            (B, N, N) complex64 centred on the group centre (gs2) / the scan position (gs1).
+            (B, N, N) complex64 centred on the group centre (gs2) / the scan position (gs1);
+            with ``return_weight`` also its (B, N, N) float32 Σ-weight map.
         """
-        return self.predict_from_patches(self.decode(diffraction), offsets)
+        return self.predict_from_patches(
+            self.decode(diffraction),
+            offsets,
+            weighting=weighting,
+            return_weight=return_weight,
+            min_weight=min_weight,
+            full_canvas=full_canvas,
+        )
 
     @torch.no_grad()
     def decode_patterns(self, diffraction: torch.Tensor) -> torch.Tensor:
@@ -540,13 +590,60 @@ class PtychoPINN(nn.Module):
 
     @torch.no_grad()
     def predict_from_patches(
-        self, patches: torch.Tensor, offsets: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(B, C, N, N) decoded patches → (B, N, N) object per group (gs2 merge) or pattern."""
+        self,
+        patches: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        *,
+        weighting: str | None = None,
+        return_weight: bool = False,
+        min_weight: float = MERGE_MIN_WEIGHT,
+        full_canvas: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, N, N) decoded patches → (B, N, N) object per group (gs2 merge) or pattern.
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            (B, C, N, N) complex, each centred on its member's position.
+        offsets : torch.Tensor, optional
+            (B, C, 2) member − centre, (x, y) px; required at gs2.
+        weighting : str, optional
+            gs2 merge weighting, ``"flat"`` or ``"probe"`` (default ``config.merge_weighting``).
+        return_weight : bool
+            Also return the (B, N, N) Σ-weight map of each output, cropped like it: gs2 the
+            merge's Σ w over the members (:func:`merge_patches`; 0 where the merge is uncovered,
+            ``Σ w <= min_weight``), gs1 the single member's weight (:meth:`merge_weight`).
+            Stitching the output with it as per-patch weight adds ``Σ_members w·patch``, what
+            stitching the members one by one would add.
+        min_weight : float
+            gs2 merge coverage threshold (default ``MERGE_MIN_WEIGHT``). Pass 0 when the output
+            is stitched with its Σ-weight map: the stitcher applies its own threshold to the
+            total weight, and a group then adds exactly its members' weighted sum.
+        full_canvas : bool
+            gs2: return the whole (B, S, S) canvas (``S = N + 2·canvas_pad``, centred on the group
+            centre) instead of its central N×N: a member farther than N/4 from the centre has part
+            of its window outside the N×N crop. No effect at gs1.
+
+        Returns
+        -------
+        torch.Tensor, or (torch.Tensor, torch.Tensor) with ``return_weight``
+        """
         B, C = patches.shape[:2]
         off = self._offsets(offsets, B, C)
+        if weighting is not None:
+            validate_weighting(weighting, "merge weighting")
         if off is None:
-            return patches[:, 0]
-        canvas, _ = merge_patches(patches, off, self.window, self.config.canvas_pad)
-        pad, N = self.config.canvas_pad, self.config.N
-        return canvas[:, pad : pad + N, pad : pad + N]
+            out = patches[:, 0]
+            if not return_weight:
+                return out
+            N = self.config.N
+            return out, self.merge_weight(weighting).to(out.device).expand(B, N, N).clone()
+        w = self.merge_weight(weighting).to(patches.device)
+        canvas, weight = merge_patches(patches, off, w, self.config.canvas_pad, min_weight)
+        if not full_canvas:
+            pad, N = self.config.canvas_pad, self.config.N
+            canvas = canvas[:, pad : pad + N, pad : pad + N]
+            weight = weight[:, pad : pad + N, pad : pad + N]
+        if not return_weight:
+            return canvas
+        return canvas, torch.where(weight > min_weight, weight, torch.zeros_like(weight))

@@ -59,6 +59,9 @@ class ViewSpec(_Strict):
         description="stitch crop for this view (default: metrics.crop_size_M); a sparse view "
         "needs a wider one (e.g. N/2, the decoder's support) or its gaps stay uncovered",
     )
+    stitch_weighting: Literal["flat", "probe"] | None = Field(
+        None, description="stitch weighting for this view (default: metrics.stitch_weighting)"
+    )
 
 
 class SplitSpec(_Strict):
@@ -97,7 +100,14 @@ class ArmTraining(_Strict):
     n_filters_scale: float = Field(0.5, gt=0.0, le=4.0)
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     early_stopping_patience: int = Field(10, ge=0)
+    min_epochs: int = Field(0, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
     loss: Literal["poisson", "mae"] = "poisson"
+    merge_weighting: Literal["flat", "probe"] = Field(
+        "flat",
+        description="PINN gs2 merge weight: flat (decoder window) or probe (window · |P|²); "
+        "the baseline ignores it",
+    )
 
 
 class IterativeSpec(_Strict):
@@ -109,6 +119,11 @@ class IterativeSpec(_Strict):
 
 class MetricsSpec(_Strict):
     crop_size_M: int | None = Field(None, ge=1, description="stitch crop (default N/4)")
+    stitch_weighting: Literal["flat", "probe"] = Field(
+        "flat",
+        description="how network patches are stitched: flat (central M×M crop, weight 1) or "
+        "probe (|P|²/max|P|² on the decoder's N/2 window; M then only sets the scored region)",
+    )
     ms_ssim_sigma: float = Field(1.0, ge=0.0)
     registration: Literal["all", "none"] = "all"
     phase_align: Literal["plane", "mean", "none"] = "plane"
@@ -118,6 +133,12 @@ class StudyDesign(_Strict):
     """Everything that determines a study. Units: photons per pattern (doses), pixels."""
 
     name: str = "study"
+    description: str = Field(
+        "",
+        max_length=2000,
+        description="what this study is for, in words; the report prints it on top (the quick "
+        "preset says there that its networks are a smoke test)",
+    )
     doses: list[float] = Field(default_factory=lambda: [1e3, 1e4, 1e5], min_length=1)
     views: dict[str, ViewSpec] = Field(
         default_factory=lambda: {
@@ -171,6 +192,8 @@ class StudyDesign(_Strict):
             device=self.device,
             val_fraction=a.val_fraction,
             early_stopping_patience=a.early_stopping_patience,
+            min_epochs=a.min_epochs,
+            min_delta=a.min_delta,
             num_threads=self.num_threads,
         )
 

@@ -177,11 +177,15 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     if job.kind == "split":
         return design.split.model_dump()
     if job.kind == "view":
-        return {**design.views[job.view].model_dump(), "seed": design.seeds.grouping}
+        # the stitch weighting only matters to compare (its key has the resolved value)
+        view = design.views[job.view].model_dump(exclude={"stitch_weighting"})
+        return {**view, "seed": design.seeds.grouping}
     if job.kind in ("train_pinn", "train_baseline"):
         arm = job.kind.removeprefix("train_")
+        # merge_weighting is the PINN's gs2 merge: the baseline and gs1 ignore it
+        ignored = set() if _merge_weighting(job, design) else {"merge_weighting"}
         return {
-            "arm": getattr(design, arm).model_dump(),
+            "arm": getattr(design, arm).model_dump(exclude=ignored),
             "train": design.train_config(arm).model_dump(exclude={"log_every_s", "device"}),
             "gridsize": design.views[job.view].gridsize,
             "neighbor_count": design.views[job.view].neighbor_count,
@@ -190,7 +194,11 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     if job.kind == "iterative":
         return design.iterative_config().model_dump(exclude={"progress", "device"})
     if job.kind == "compare":
-        return {"metrics": design.metrics.model_dump(), "crop_size_M": _crop(job, design)}
+        return {
+            "metrics": design.metrics.model_dump(exclude={"stitch_weighting"}),
+            "crop_size_M": _crop(job, design),
+            "stitch_weighting": _stitch_weighting(job, design),
+        }
     return {}
 
 
@@ -345,6 +353,7 @@ def _run_train(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progre
         resume=resume,
         data_source=rel,
         progress=False,
+        merge_weighting=_merge_weighting(job, design) or "flat",
     )
     if res.interrupted:
         raise KeyboardInterrupt
@@ -365,6 +374,20 @@ def _run_iterative(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pr
 def _crop(job: Job, design: StudyDesign) -> int | None:
     spec = design.views[job.view]
     return spec.crop_size_M if spec.crop_size_M is not None else design.metrics.crop_size_M
+
+
+def _merge_weighting(job: Job, design: StudyDesign) -> str | None:
+    """The PINN's gs2 merge weighting for a training job; None where no merge runs."""
+    if job.kind != "train_pinn" or design.views[job.view].gridsize != 2:
+        return None
+    return design.pinn.merge_weighting
+
+
+def _stitch_weighting(job: Job, design: StudyDesign) -> str:
+    spec = design.views[job.view]
+    if spec.stitch_weighting is not None:
+        return spec.stitch_weighting
+    return design.metrics.stitch_weighting
 
 
 def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
@@ -390,6 +413,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
                 data_source=rel,
                 arm=name,
                 neighbor_count=spec.neighbor_count,
+                stitch_weighting=_stitch_weighting(job, design),
             )
         except Exception as exc:  # an arm that cannot run is reported, the others still scored
             log.error("%s: %s", name, exc)
@@ -408,6 +432,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
         stage / job.outputs[0],
         CompareSettings(
             crop_size_M=_crop(job, design),
+            stitch_weighting=_stitch_weighting(job, design),
             registration=m.registration,
             phase_align=m.phase_align,
             ms_ssim_sigma=m.ms_ssim_sigma,
