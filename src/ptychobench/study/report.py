@@ -434,6 +434,7 @@ pre{background:#f7f7f7;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-s
 white-space:pre-wrap}
 img{max-width:100%;height:auto;border:1px solid #ddd}
 .ok{color:#060;font-weight:bold}.bad{color:#a00;font-weight:bold}
+#purpose{background:#fff6d6;border-left:4px solid #c90;padding:.5em .8em;font-size:1.05em}
 nav a{margin-right:.8em}
 """.strip()
 
@@ -470,16 +471,27 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{_esc(sid)}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
 
 
-def _study_name(run_dir: Path) -> str | None:
-    """The design's ``name`` from study.toml, if it parses (the page title only)."""
+def _design_key(run_dir: Path, key: str) -> str | None:
+    """A top-level string of study.toml (``name``, ``description``), if it parses."""
     import tomllib
 
     text = _read_text(run_dir / "study.toml")
     try:
-        name = tomllib.loads(text).get("name") if text is not None else None
+        value = tomllib.loads(text).get(key) if text is not None else None
     except tomllib.TOMLDecodeError:
         return None
-    return str(name) if name else None
+    return str(value) if value else None
+
+
+def _study_name(run_dir: Path) -> str | None:
+    """The design's ``name`` from study.toml, if it parses (the page title only)."""
+    return _design_key(run_dir, "name")
+
+
+def _purpose_html(run_dir: Path) -> str:
+    """The design's ``description``, in words, right under the title (empty if none)."""
+    text = _design_key(run_dir, "description")
+    return f'<p id="purpose">{_esc(text.strip())}</p>\n' if text and text.strip() else ""
 
 
 def _design_html(run_dir: Path) -> str:
@@ -912,6 +924,7 @@ def write_report(run_dir: Path) -> list[Path]:
         f"<title>ptychobench study report: {_esc(name)}</title>\n<style>\n{_CSS}\n</style>\n"
         "</head>\n<body>\n"
         f"<h1>ptychobench study report: {_esc(name)}</h1>\n"
+        + _purpose_html(run_dir)
         + _headline_html(summary, jobs, n_cmp, missing)
         + "\n"
         + nav
