@@ -690,7 +690,7 @@ def study_run(
         Path | None, typer.Argument(help="Study design TOML (default: the --preset).")
     ] = None,
     preset: Annotated[
-        str, typer.Option("--preset", help="Shipped design when no CONFIG: quick | fly64.")
+        str, typer.Option("--preset", help="Shipped design when no CONFIG: quick | laptop | fly64.")
     ] = "quick",
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: runs/<design name>).")
@@ -724,6 +724,7 @@ def study_run(
     """Run the whole study (or resume it: finished jobs with unchanged inputs are skipped).
 
     Example: ptychobench study run                      (the quick preset into runs/quick)
+    Example: ptychobench study run --preset laptop             (the real study on a CPU, < 1 h)
     Example: ptychobench study run --preset fly64 --executor dask --workers 4
     """
 

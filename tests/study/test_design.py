@@ -36,6 +36,35 @@ def test_fly64_is_the_full_study():
     assert f.pinn.epochs > q.pinn.epochs
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_stops_training_on_a_validation_plateau(name):
+    d = load_preset(name)
+    for arm in (d.pinn, d.baseline):
+        assert arm.val_fraction > 0  # the plateau is measured on held-out groups
+        assert 0 < arm.early_stopping_patience < arm.epochs
+        assert arm.min_epochs < arm.epochs
+        cfg = d.train_config("pinn" if arm is d.pinn else "baseline")
+        assert (cfg.early_stopping_patience, cfg.min_epochs, cfg.min_delta) == (
+            arm.early_stopping_patience,
+            arm.min_epochs,
+            arm.min_delta,
+        )
+
+
+def test_laptop_is_the_cpu_science_preset():
+    q, lap, f = load_preset("quick"), load_preset("laptop"), load_preset("fly64")
+    assert lap.simulation.object == "image:camera+astronaut"
+    # more training than test data, wider and longer-trained networks than quick
+    assert lap.split.fraction > 0.5 > 0
+    assert lap.pinn.n_filters_scale > q.pinn.n_filters_scale
+    assert lap.simulation.object_size > q.simulation.object_size
+    assert lap.simulation.object_size < f.simulation.object_size
+    assert lap.pinn.min_epochs > 0 and lap.pinn.min_delta > 0
+    # the report states what each preset is for
+    assert "smoke test" in q.description.lower()
+    assert "laptop" in lap.description
+
+
 def test_noise_seed_differs_per_dose_but_scan_does_not():
     d = load_preset("quick")
     seeds = [d.simulation_config(x).noise_seed for x in d.doses]
@@ -56,6 +85,15 @@ def test_noise_seed_differs_per_dose_but_scan_does_not():
         ({"doses": []}, "doses"),
         ({"bogus": 1}, "bogus"),
         ({"views": {"dense": {"gridsize": 2, "neighbor_count": 3}}}, "views"),
+        ({"pinn": {"min_epochs": -1}}, "pinn.min_epochs"),
+        ({"baseline": {"min_delta": -0.1}}, "baseline.min_delta"),
+        ({"pinn": {"merge_weighting": "gaussian"}}, "pinn.merge_weighting"),
+        ({"metrics": {"stitch_weighting": "bogus"}}, "metrics.stitch_weighting"),
+        (
+            {"views": {"dense": {"gridsize": 2, "stitch_weighting": "x"}}},
+            "views.dense.stitch_weighting",
+        ),
+        ({"description": 5}, "description"),
     ],
 )
 def test_bad_keys_and_values_name_the_dotted_path(doc, key):

@@ -79,8 +79,9 @@ def _make_run(root: Path, failed: bool) -> dict:
     run = root / "run"
     (run / "analysis").mkdir(parents=True)
     (run / "logs").mkdir()
+    purpose = "" if failed else 'description = "Networks are a <smoke> test & nothing more"\n'
     (run / "study.toml").write_text(
-        'name = "fake & <tiny>"\ndoses = [1e3, 1e5]\n\n[views.dense]\ngridsize = 2\n'
+        'name = "fake & <tiny>"\n' + purpose + "doses = [1e3, 1e5]\n\n[views.dense]\ngridsize = 2\n"
     )
     long_rows = []
     expected: dict[tuple, float] = {}
@@ -439,6 +440,16 @@ def test_text_sections_are_escaped_and_complete(ok_run):
     overlap = _section(text, "overlap")
     assert overlap.count("<tr>") == 1 + len(CONDITIONS)
     assert "0.61" in overlap and "n/a (gridsize 1)" in overlap
+
+
+def test_design_description_is_said_on_top_in_words(ok_run, failed_run):
+    text = ok_run["html"]
+    head, _, rest = text.partition("<nav>")
+    assert head.index("<h1>") < head.index('<p id="purpose">')
+    assert '<p id="purpose">Networks are a &lt;smoke&gt; test &amp; nothing more</p>' in head
+    assert 'id="purpose"' not in rest
+    # no description in the design: no paragraph
+    assert 'id="purpose"' not in failed_run["html"]
 
 
 def test_timings_sum_the_manifest(ok_run):

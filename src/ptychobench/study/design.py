@@ -6,7 +6,8 @@ settings. Relative paths inside a TOML file (a custom object or probe file) are 
 the file's directory. Unknown keys and bad values are rejected with the key's dotted path.
 
 Presets (``ptychobench/study/presets/*.toml``): ``quick`` (the embedded default; a 2-core CPU
-finishes it in minutes) and ``fly64`` (the full, GPU-sized study).
+finishes it in minutes; its networks are a smoke test), ``laptop`` (the real study on a 2-core CPU
+in under an hour) and ``fly64`` (the full, GPU-sized study).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = [
     "dose_dir",
 ]
 
-PRESETS = ("quick", "fly64")
+PRESETS = ("quick", "laptop", "fly64")
 
 
 class DesignError(ValueError):
@@ -283,5 +284,5 @@ def preset_text(name: str) -> str:
 
 
 def load_preset(name: str) -> StudyDesign:
-    """The design of a shipped preset (``quick`` or ``fly64``)."""
+    """The design of a shipped preset (``quick``, ``laptop`` or ``fly64``)."""
     return design_from_dict(tomllib.loads(preset_text(name)), source=f"preset {name}")
