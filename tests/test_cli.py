@@ -399,3 +399,49 @@ def test_compare_runs_bundles_with_the_stitch_weighting(small_dataset, tiny_bund
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["settings"]["stitch_weighting"] == "probe"
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--min-delta", "-0.5"), ("--min-epochs", "-1"), ("--patience", "-2")]
+)
+def test_train_bad_stopping_settings_one_line_exit_2(small_dataset, tmp_path, option, value):
+    out = tmp_path / "m"
+    r = invoke("train", small_dataset, "--model", "pinn", "--out", out, option, value)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid settings: ")
+    assert (
+        option.lstrip("-").replace("-", "_").replace("patience", "early_stopping_patience")
+        in (lines[0])
+    )
+    assert not out.exists()
+
+
+def test_train_stops_on_the_plateau_criterion_and_says_why(small_dataset, tmp_path):
+    out = tmp_path / "m"
+    # min_delta 0.9: no epoch after the first improves by 90 %, so patience 1 ends the run at
+    # min_epochs = 3 of at most 20
+    r = invoke(
+        "train",
+        small_dataset,
+        "--model",
+        "pinn",
+        "--out",
+        out,
+        "--epochs",
+        "20",
+        "--n-filters-scale",
+        "0.125",
+        "--patience",
+        "1",
+        "--min-epochs",
+        "3",
+        "--min-delta",
+        "0.9",
+        "--val-fraction",
+        "0.2",
+    )
+    assert r.exit_code == 0, r.output
+    assert "3 epochs (plateau)" in r.stdout
+    extra = json.loads((out / "config.json").read_text())["extra"]
+    assert extra["stop_reason"] == "plateau" and extra["epochs_completed"] == 3

@@ -396,8 +396,24 @@ def train(
             help="PINN gs2 merge weight: flat (decoder window) | probe (window · |P|²).",
         ),
     ] = "flat",
+    patience: Annotated[
+        int,
+        typer.Option(
+            "--patience", help="Stop after this many epochs without improvement (0: never)."
+        ),
+    ] = 10,
+    min_epochs: Annotated[
+        int, typer.Option("--min-epochs", help="Never stop on a plateau before this epoch.")
+    ] = 0,
+    min_delta: Annotated[
+        float,
+        typer.Option("--min-delta", help="Relative loss decrease that counts as improvement."),
+    ] = 0.0,
 ) -> None:
     """Train PtychoPINN (unsupervised, Poisson NLL) or the supervised Baseline; writes a bundle.
+
+    Training stops on a validation plateau (--patience epochs without a relative improvement of
+    --min-delta, never before --min-epochs) or after --epochs; the bundle records why.
 
     Example: ptychobench train train.npz --model pinn --gridsize 2 --out models/pinn --epochs 30
     """
@@ -419,6 +435,9 @@ def train(
             seed=seed,
             device=device,
             val_fraction=val_fraction,
+            early_stopping_patience=patience,
+            min_epochs=min_epochs,
+            min_delta=min_delta,
         )
         ds = load(data)
         result = fit(
@@ -439,8 +458,8 @@ def train(
             raise typer.Exit(code=130)
         last = result.history[-1] if result.history else {}
         typer.echo(
-            f"wrote {out}: {result.epochs_run} epochs, train loss {last.get('train_loss', 0):.4g}, "
-            f"{result.patterns_per_s:.0f} patterns/s"
+            f"wrote {out}: {result.epochs_run} epochs ({result.stop_reason}), train loss "
+            f"{last.get('train_loss', 0):.4g}, {result.patterns_per_s:.0f} patterns/s"
         )
 
     _run(go)
