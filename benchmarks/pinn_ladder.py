@@ -19,6 +19,7 @@ Rungs (``--rungs``, comma-separated):
 ``stitch_probe``  the base model, |P|²-weighted stitching at inference (no retraining)
 ``merge_probe``   retrained with the |P|²-weighted gs2 merge + |P|²-weighted stitching (dense)
 ``width``         n_filters_scale 0.25 / 1 / 2 (``--widths``), everything else as base
+``lr``            Adam learning rates ``--lrs`` (default 3e-3), everything else as base
 ``n_train``       training-set size ``--sizes`` (default 256, 1024, 4096) for PINN **and** Baseline
 ``baseline``      the Baseline at the base settings (supervised on true patches)
 
@@ -53,6 +54,7 @@ RUNGS = (
     "stitch_probe",
     "merge_probe",
     "width",
+    "lr",
     "n_train",
     "baseline",
 )
@@ -85,9 +87,10 @@ class Ladder:
         self.out = Path(args.out) / f"dose_{int(dose)}" / view
         self._base = None
 
-    def _tcfg(self) -> dict:
+    def _tcfg(self, lr: float | None = None) -> dict:
         a = self.args
-        return {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": 0}
+        lr = a.lr if lr is None else lr
+        return {"epochs": a.epochs, "batch_size": a.batch_size, "lr": lr, "seed": 0}
 
     def _emit(self, rung, arm, facts, table, name, scored_on="test", **extra) -> None:
         m = table.get(name, {})
@@ -115,7 +118,18 @@ class Ladder:
             }
         )
 
-    def _run(self, tag, kind, train_ds, test_ds, *, scale=None, fit_kwargs=None, infer_kwargs=None):
+    def _run(
+        self,
+        tag,
+        kind,
+        train_ds,
+        test_ds,
+        *,
+        scale=None,
+        fit_kwargs=None,
+        infer_kwargs=None,
+        lr=None,
+    ):
         scale = self.args.scale if scale is None else scale
         rec, facts = train_and_infer(
             kind,
@@ -124,7 +138,7 @@ class Ladder:
             self.out / tag,
             gridsize=self.g,
             neighbor_count=self.K,
-            train_config=self._tcfg(),
+            train_config=self._tcfg(lr),
             n_filters_scale=scale,
             crop_size_M=self.crop,
             fit_kwargs=fit_kwargs,
@@ -202,6 +216,13 @@ class Ladder:
             table = self._score(f"width_{s}", self.test, rec, "PtychoPINN")
             self._emit("width", "PtychoPINN", facts, table, "PtychoPINN", scale=s)
 
+    def rung_lr(self):
+        tr, _, _ = self.base()
+        for lr in (float(x) for x in self.args.lrs.split(",")):
+            rec, facts = self._run(f"lr_{lr:g}", "pinn", tr, self.test, lr=lr)
+            table = self._score(f"lr_{lr:g}", self.test, rec, "PtychoPINN")
+            self._emit("lr", "PtychoPINN", facts, table, "PtychoPINN", lr=lr)
+
     def rung_n_train(self):
         for n in (int(x) for x in self.args.sizes.split(",")):
             tr = _limit(self.train_all, n)
@@ -226,6 +247,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--widths", default="0.25,1,2")
     ap.add_argument("--sizes", default="256,1024,4096")
+    ap.add_argument("--lrs", default="3e-3")
     ap.add_argument("--n-train", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
