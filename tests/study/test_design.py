@@ -51,6 +51,17 @@ def test_every_preset_stops_training_on_a_validation_plateau(name):
         )
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_stitch_the_sparse_view_probe_weighted_and_the_dense_view_flat(name):
+    from ptychobench.study.jobs import job_settings
+
+    d = load_preset(name)
+    by_view = {
+        j.view: job_settings(j, d)["stitch_weighting"] for j in plan(d) if j.kind == "compare"
+    }
+    assert by_view == {"dense": "flat", "sparse": "probe"}
+
+
 def test_laptop_is_the_cpu_science_preset():
     q, lap, f = load_preset("quick"), load_preset("laptop"), load_preset("fly64")
     assert lap.simulation.object == "image:camera+astronaut"
