@@ -104,6 +104,24 @@ def fast_cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def train_interrupted_at(monkeypatch, call: int, *args, **kwargs):
+    """``train(*args)`` with a KeyboardInterrupt raised at the ``call``-th loss call."""
+    calls = {"n": 0}
+    real_loss = Dummy.loss
+
+    def flaky_loss(self, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(Dummy, "loss", flaky_loss)
+    try:
+        return train(*args, **kwargs)
+    finally:
+        monkeypatch.setattr(Dummy, "loss", real_loss)
+
+
 def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -223,19 +241,8 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch, stop_at_c
     ref = train(ref_model, arrays, cfg, tmp_path / "ref")
 
     model = make_dummy(0, dropout=0.3)
-    calls = {"n": 0}
-    real_loss = Dummy.loss
-
-    def flaky_loss(self, batch):
-        calls["n"] += 1
-        if calls["n"] == stop_at_call:
-            raise KeyboardInterrupt
-        return real_loss(self, batch)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(Dummy, "loss", flaky_loss)
-    res = train(model, arrays, cfg, out)
-    monkeypatch.setattr(Dummy, "loss", real_loss)
+    res = train_interrupted_at(monkeypatch, stop_at_call, model, arrays, cfg, out)
     assert res.interrupted
     # 16 train groups / batch 4 = 4 steps + 1 validation call per epoch = 5 calls per epoch
     done = (stop_at_call - 1) // 5
@@ -490,19 +497,9 @@ def test_train_min_delta_stops_a_slow_run_without_changing_its_trajectory(tmp_pa
 def test_train_interrupt_records_the_reason_then_resume_finishes(tmp_path, monkeypatch):
     arrays = make_arrays(G=20)
     cfg = fast_cfg(epochs=3)
-    calls = {"n": 0}
-    real_loss = Dummy.loss
-
-    def flaky_loss(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 7:  # epoch 2 (5 loss calls per epoch)
-            raise KeyboardInterrupt
-        return real_loss(self, batch)
-
+    # epoch 2 (5 loss calls per epoch)
     out = tmp_path / "run"
-    monkeypatch.setattr(Dummy, "loss", flaky_loss)
-    res = train(make_dummy(), arrays, cfg, out)
-    monkeypatch.setattr(Dummy, "loss", real_loss)
+    res = train_interrupted_at(monkeypatch, 7, make_dummy(), arrays, cfg, out)
     assert res.interrupted and res.stop_reason == "interrupted" and res.epochs_run == 1
     extra = read_config(out)["extra"]
     assert extra["stop_reason"] == "interrupted" and extra["epochs_completed"] == 1
@@ -520,19 +517,9 @@ def test_interrupt_resume_with_min_delta_stops_where_an_uninterrupted_run_does(
     # val loss falls by 14.5, 12.1, 11.8, 11.4 % per epoch: epoch 3 and 5 fall short of 13 % of
     # the last improvement (epochs 2 and 4); epoch 5 is the first at or after min_epochs
     assert ref.stop_reason == "plateau" and ref.epochs_run == 5 and ref.best_epoch == 5
-    calls = {"n": 0}
-    real_loss = Dummy.loss
-
-    def flaky_loss(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3 * 7 + 2:  # epoch 4 (5 train steps + 2 validation calls per epoch)
-            raise KeyboardInterrupt
-        return real_loss(self, batch)
-
+    # epoch 4 (5 train steps + 2 validation calls per epoch)
     out = tmp_path / "run"
-    monkeypatch.setattr(Dummy, "loss", flaky_loss)
-    res = train(make_dummy(), arrays, cfg, out)
-    monkeypatch.setattr(Dummy, "loss", real_loss)
+    res = train_interrupted_at(monkeypatch, 3 * 7 + 2, make_dummy(), arrays, cfg, out)
     assert res.interrupted and res.epochs_run == 3
     # the reference loss of the last improvement (epoch 2), not the best (epoch 3), is stored
     ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=True)
