@@ -19,16 +19,21 @@ import numpy as np
 import torch
 
 from ptychobench.data.dataset import PtychoDataset
-from ptychobench.data.grouping import make_view
+from ptychobench.data.grouping import group_offsets, make_view
 from ptychobench.evaluate.compare import compare
-from ptychobench.fit import fit, training_arrays
-from ptychobench.infer import infer
+from ptychobench.fit import fit, model_config_for, training_arrays
+from ptychobench.infer import dataset_groups, infer
 from ptychobench.iterative import IterativeConfig, reconstruct
+from ptychobench.models.blocks import ModelConfig
 from ptychobench.models.bundle import load_bundle
+from ptychobench.models.pinn import PtychoPINN as PINN
 from ptychobench.models.pinn import central_window, poisson_nll
 
 __all__ = [
     "BudgetError",
+    "FreePatches",
+    "align_patch_phases",
+    "fit_free_patches",
     "check_budget",
     "emit",
     "likelihood_rungs",
@@ -217,3 +222,126 @@ def likelihood_rungs(
         "gap_covered": (nll_flat - nll_model) / gap if gap > 0 else float("nan"),
         "scale_learned_over_true": model.intensity_scale / scale,
     }
+
+
+class FreePatches(PINN):
+    """A PtychoPINN whose network is replaced by one free patch per pattern of a dataset.
+
+    The ladder's "no network" rung: the same heads (``amplitude_max·sigmoid``, ``π·tanh``), the
+    same N/2 window, gs2 merge, scale, physics and Poisson loss as the PINN — only the decoder's
+    output is a free parameter per pattern instead of a function of the pattern. Fitted to
+    convergence on the test diffraction it shows what the PINN's output structure (independent
+    patches coupled only through the gs2 merge, then stitched) can reach with an unlimited,
+    perfectly optimised network.
+
+    Patterns are looked up by a fingerprint of their diffraction (a fixed random projection), so
+    :func:`ptychobench.infer.infer` runs it unchanged. Benchmark-only.
+    """
+
+    def __init__(self, config, probe: torch.Tensor, diffraction: np.ndarray, init_amp: float):
+        super().__init__(config, probe)
+        P, N = diffraction.shape[0], config.N
+        h = N // 2
+        a = min(max(init_amp / config.amplitude_max, 1e-3), 1 - 1e-3)
+        self.amp_logit = torch.nn.Parameter(torch.full((P, h, h), math.log(a / (1 - a))))
+        self.phase_logit = torch.nn.Parameter(torch.zeros(P, h, h))
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("projection", torch.rand(N * N, generator=g, dtype=torch.float64))
+        self.register_buffer("keys", self._fingerprint(torch.from_numpy(diffraction)))
+
+    def _fingerprint(self, diffraction: torch.Tensor) -> torch.Tensor:
+        return diffraction.reshape(diffraction.shape[0], -1).double() @ self.projection
+
+    def index_of(self, diffraction: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) patterns → (B,) their rows in the fitted dataset (exact match required)."""
+        q = self._fingerprint(diffraction)
+        idx = (q[:, None] - self.keys[None, :]).abs().argmin(dim=1)
+        if not torch.allclose(self.keys[idx], q, rtol=1e-9, atol=0):
+            raise ValueError("FreePatches: a pattern that was not fitted")
+        return idx
+
+    def patches(self, idx: torch.Tensor) -> torch.Tensor:
+        """(…) pattern rows → (…, N, N) complex64 patches, zero outside the central window."""
+        amp = self.config.amplitude_max * torch.sigmoid(self.amp_logit[idx])
+        phase = math.pi * torch.tanh(self.phase_logit[idx])
+        q = self.config.N // 4
+        return torch.nn.functional.pad(torch.polar(amp, phase), (q, q, q, q))
+
+    def decode(self, diffraction: torch.Tensor) -> torch.Tensor:
+        B, C, N, _ = diffraction.shape
+        idx = self.index_of(diffraction.reshape(B * C, N, N)).reshape(B, C)
+        return self.patches(idx)
+
+    def decode_patterns(self, diffraction: torch.Tensor) -> torch.Tensor:
+        return self.patches(self.index_of(diffraction))
+
+
+def fit_free_patches(
+    ds: PtychoDataset,
+    gridsize: int,
+    neighbor_count: int,
+    *,
+    steps: int = 400,
+    batch_groups: int = 128,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> tuple[FreePatches, dict[str, float]]:
+    """Fit :class:`FreePatches` on ``ds``'s own diffraction (Adam, minibatches of groups).
+
+    The config (scales, canvas) is the one :func:`ptychobench.fit.fit` would give a PINN on
+    ``ds``; the probe is ``ds.probeGuess``. Returns the fitted model and
+    ``{"steps", "fit_s", "final_loss"}``.
+    """
+    groups = dataset_groups(ds, gridsize, neighbor_count=neighbor_count, seed=0)
+    offsets_np = group_offsets(ds.coords, groups).astype(np.float32)
+    cfg = model_config_for(
+        "pinn", ds, gridsize, n_filters_scale=0.25, max_offset=float(np.abs(offsets_np).max())
+    )
+    cfg["channel_mode"] = "shared"
+    model = FreePatches(
+        ModelConfig.model_validate(cfg),
+        torch.from_numpy(np.asarray(ds.probeGuess, dtype=np.complex64)),
+        np.ascontiguousarray(ds.diffraction, dtype=np.float32),
+        float(np.abs(ds.objectGuess).mean()),
+    )
+    diff = torch.from_numpy(np.ascontiguousarray(ds.diffraction, dtype=np.float32))
+    offsets = torch.from_numpy(offsets_np)
+    groups_t = torch.from_numpy(groups)
+    params = [model.amp_logit, model.phase_logit]
+    if model.log_intensity_scale.requires_grad:
+        params.append(model.log_intensity_scale)
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        pick = torch.randperm(len(groups_t), generator=rng)[:batch_groups]
+        g = groups_t[pick]
+        off = offsets[pick] if gridsize > 1 else None
+        amp = model.forward_physics(model.patches(g), off)
+        loss = poisson_nll(amp.square(), diff[g].square())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, {"steps": steps, "fit_s": time.perf_counter() - t0, "final_loss": loss.item()}
+
+
+def align_patch_phases(model: FreePatches, ds: PtychoDataset) -> None:
+    """Oracle diagnostic: rotate each free patch by the constant phase that best matches ``ds.Y``.
+
+    Removes the per-pattern global-phase gauge (which no diffraction pattern constrains); a score
+    that rises after this says the stitched image lost that much to per-patch phase offsets.
+    """
+    with torch.no_grad():
+        idx = torch.arange(model.amp_logit.shape[0])
+        p = model.patches(idx)
+        Y = torch.from_numpy(np.ascontiguousarray(ds.Y, dtype=np.complex64))
+        theta = torch.angle((p.conj() * Y * model.window).sum(dim=(-2, -1)))
+        q = model.config.N // 4
+        rotated = (p * torch.polar(torch.ones_like(theta), theta)[:, None, None])[
+            :, q : 3 * q, q : 3 * q
+        ]
+        # the π·tanh head cannot reach ±π exactly; clamp inside it before inverting
+        t = (torch.angle(rotated) / math.pi).clamp(-0.999, 0.999)
+        model.phase_logit.copy_(torch.atanh(t))

@@ -22,6 +22,18 @@ Rungs (``--rungs``, comma-separated):
 ``lr``            Adam learning rates ``--lrs`` (default 3e-3), everything else as base
 ``n_train``       training-set size ``--sizes`` (default 256, 1024, 4096) for PINN **and** Baseline
 ``baseline``      the Baseline at the base settings (supervised on true patches)
+``free_patches``  no network: one free patch per **test** pattern (same heads, window, gs2 merge,
+                  scale, physics and loss), fitted by Adam on the test diffraction, stitched like
+                  the PINN (flat, then probe-weighted), + its likelihood rungs; then each patch
+                  rotated by the constant phase that best matches the truth (an oracle
+                  diagnostic: the per-pattern phase gauge no pattern constrains) and stitched
+                  again (``scored_on`` = ``test_gauge_aligned``). The ceiling of the PINN's
+                  output structure with an unlimited, perfectly optimised network. Also
+                  stitched with phase synchronisation (``phase_sync`` = iterations), which
+                  estimates those offsets from the overlaps alone.
+``phase_sync``    the base PINN and the Baseline stitched with ``--sync-iterations`` of phase
+                  synchronisation (:func:`ptychobench.stitch.synchronise_phases`; no retraining,
+                  no ground truth), beside the same models without it
 
 One JSON line per rung × dose × view: ``bench, rung, arm, view, dose, gridsize, n_train, epochs,
 n_filters_scale, scored_on, amp_ssim, phase_ssim, nrmse, flat_phase_ssim, flat_amp_ssim,
@@ -38,7 +50,15 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _harness import emit, fail, likelihood_rungs, score, train_and_infer
+from _harness import (
+    align_patch_phases,
+    emit,
+    fail,
+    fit_free_patches,
+    likelihood_rungs,
+    score,
+    train_and_infer,
+)
 
 from ptychobench.data.grouping import make_view, subsample
 from ptychobench.data.split import split
@@ -57,6 +77,8 @@ RUNGS = (
     "lr",
     "n_train",
     "baseline",
+    "free_patches",
+    "phase_sync",
 )
 VIEWS = {
     "dense": {"gridsize": 2, "s_img": 1.0, "neighbor_count": 6, "crop": None},
@@ -149,6 +171,20 @@ class Ladder:
     def _score(self, tag, test_ds, rec, name):
         return score(test_ds, {name: rec}, self.out / tag / "compare")
 
+    def _infer_bundle(self, facts, test_ds, **kw):
+        net, cfg = load_bundle(facts["bundle"])
+        g = self.g if net.kind == "pinn" else 1
+        view = make_view(test_ds, 2, neighbor_count=self.K, seed=0) if g == 2 else test_ds
+        return infer(
+            net, view, train_stats=cfg["data"], crop_size_M=self.crop, neighbor_count=self.K, **kw
+        )
+
+    def baseline_model(self):
+        if getattr(self, "_baseline", None) is None:
+            tr, _, _ = self.base()
+            self._baseline = self._run("baseline", "baseline", tr, self.test)
+        return self._baseline
+
     def base(self):
         if self._base is None:
             tr = _limit(self.train_all, self.args.n_train)
@@ -232,10 +268,79 @@ class Ladder:
                 self._emit("n_train", arm, facts, table, arm)
 
     def rung_baseline(self):
-        tr, _, _ = self.base()
-        rec, facts = self._run("baseline", "baseline", tr, self.test)
+        rec, facts = self.baseline_model()
         table = self._score("baseline", self.test, rec, "Baseline")
         self._emit("baseline", "Baseline", facts, table, "Baseline")
+
+    def rung_free_patches(self):
+        model, facts = fit_free_patches(
+            self.test, self.g, self.K, steps=self.args.free_steps, lr=self.args.free_lr
+        )
+        nll = likelihood_rungs(model, self.test, self.g, self.K)
+        view = make_view(self.test, 2, neighbor_count=self.K, seed=0) if self.g == 2 else self.test
+        info = {"n_train": self.test.n, "epochs": None, "train_s": facts["fit_s"]}
+        extra = {"free_steps": facts["steps"], "final_loss": facts["final_loss"]}
+        for weighting in ("flat", "probe"):
+            rec = infer(
+                model,
+                view,
+                crop_size_M=self.crop,
+                neighbor_count=self.K,
+                stitch_weighting=weighting,
+                arm="PtychoPINN",
+            )
+            table = self._score(f"free_patches_{weighting}", self.test, rec, "PtychoPINN")
+            self._emit(
+                "free_patches",
+                "FreePatches",
+                info,
+                table,
+                "PtychoPINN",
+                stitch_weighting=weighting,
+                **extra,
+                **nll,
+            )
+        rec = infer(
+            model,
+            view,
+            crop_size_M=self.crop,
+            neighbor_count=self.K,
+            arm="PtychoPINN",
+            phase_sync=self.args.sync_iterations,
+        )
+        table = self._score("free_patches_sync", self.test, rec, "PtychoPINN")
+        self._emit(
+            "free_patches",
+            "FreePatches",
+            info,
+            table,
+            "PtychoPINN",
+            stitch_weighting="flat",
+            phase_sync=self.args.sync_iterations,
+            **extra,
+        )
+        align_patch_phases(model, self.test)
+        rec = infer(model, view, crop_size_M=self.crop, neighbor_count=self.K, arm="PtychoPINN")
+        table = self._score("free_patches_aligned", self.test, rec, "PtychoPINN")
+        self._emit(
+            "free_patches",
+            "FreePatches",
+            info,
+            table,
+            "PtychoPINN",
+            scored_on="test_gauge_aligned",
+            stitch_weighting="flat",
+            **extra,
+        )
+
+    def rung_phase_sync(self):
+        _, _, pinn_facts = self.base()
+        _, base_facts = self.baseline_model()
+        for arm, facts in (("PtychoPINN", pinn_facts), ("Baseline", base_facts)):
+            for it in (0, self.args.sync_iterations):
+                rec = self._infer_bundle(facts, self.test, phase_sync=it)
+                table = self._score(f"phase_sync_{arm}_{it}", self.test, rec, arm)
+                self._emit("phase_sync", arm, facts, table, arm, phase_sync=it)
 
 
 def main() -> None:
@@ -252,6 +357,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--object-size", type=int, default=640)
+    ap.add_argument("--free-steps", type=int, default=1500)
+    ap.add_argument("--free-lr", type=float, default=0.05)
+    ap.add_argument("--sync-iterations", type=int, default=20)
+    ap.add_argument("--object", default="image:camera+astronaut")
     ap.add_argument("--out", default="runs/pinn_ladder")
     args = ap.parse_args()
     rungs = [r for r in args.rungs.split(",") if r]
@@ -260,13 +369,15 @@ def main() -> None:
         fail(f"--rungs: expected names from {', '.join(RUNGS)}, found {bad}")
     if bad := sorted(set(views) - set(VIEWS)):
         fail(f"--views: expected names from {', '.join(VIEWS)}, found {bad}")
+    if args.sync_iterations < 0:
+        fail(f"--sync-iterations: expected >= 0, found {args.sync_iterations}")
     if args.epochs < 1 or args.n_train < 1:
         fail(f"--epochs/--n-train: expected >= 1, found {args.epochs}/{args.n_train}")
     for i, dose in enumerate(float(d) for d in args.doses.split(",")):
         full = simulate(
             SimulationConfig(
                 N=64,
-                object="image:camera+astronaut",
+                object=args.object,
                 object_size=args.object_size,
                 probe="fly64",
                 scan="raster",

@@ -445,3 +445,35 @@ def test_train_stops_on_the_plateau_criterion_and_says_why(small_dataset, tmp_pa
     assert "3 epochs (plateau)" in r.stdout
     extra = json.loads((out / "config.json").read_text())["extra"]
     assert extra["stop_reason"] == "plateau" and extra["epochs_completed"] == 3
+
+
+@pytest.mark.parametrize("command", ["infer", "compare"])
+def test_negative_phase_sync_is_one_line_exit_2_and_writes_nothing(
+    small_dataset, tiny_bundle, tmp_path, command
+):
+    out = tmp_path / "out"
+    if command == "infer":
+        args = ["infer", tiny_bundle, small_dataset, "--out", out / "r.npz"]
+    else:
+        args = ["compare", small_dataset, "--out-dir", out, "--pinn", tiny_bundle]
+    r = invoke(*args, "--phase-sync", "-3")
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines == ["error: --phase-sync: expected iterations >= 0 (0 = off), found -3"]
+    assert not out.exists()
+
+
+def test_phase_sync_is_recorded_by_infer_and_compare(small_dataset, tiny_bundle, tmp_path):
+    from ptychobench.data.recon import read_reconstruction
+
+    r = invoke(
+        "infer", tiny_bundle, small_dataset, "--out", tmp_path / "r.npz", "--phase-sync", "5"
+    )
+    assert r.exit_code == 0, r.output
+    assert read_reconstruction(tmp_path / "r.npz").metadata["phase_sync"] == 5
+    out = tmp_path / "cmp"
+    r = invoke(
+        "compare", small_dataset, "--out-dir", out, "--pinn", tiny_bundle, "--phase-sync", "5"
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "metrics.json").read_text())["settings"]["phase_sync"] == 5

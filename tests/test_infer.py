@@ -257,3 +257,22 @@ def test_unknown_stitch_weighting_is_rejected(small_sim):
     net = _untrained("pinn", small_sim, 1)
     with pytest.raises(ValueError, match="stitch weighting: expected 'flat' or 'probe', found 'x'"):
         infer(net, small_sim, stitch_weighting="x")
+
+
+def test_phase_sync_keeps_coverage_changes_only_phases_and_zero_is_the_plain_stitch(small_sim):
+    view = make_view(small_sim, 2, neighbor_count=6)
+    net = _untrained("pinn", view, 2)
+    plain = infer(net, view)
+    zero = infer(net, view, phase_sync=0)
+    synced = infer(net, view, phase_sync=20)
+    assert np.array_equal(plain.reconstructed_object, zero.reconstructed_object)
+    assert np.array_equal(plain.coverage, synced.coverage)
+    assert synced.metadata["phase_sync"] == 20 and plain.metadata["phase_sync"] == 0
+    a, b = plain.reconstructed_object, synced.reconstructed_object
+    covered = plain.coverage > 1e-3
+    # patches are only rotated (amplitudes bounded by the head) and rotated to agree: the
+    # stitched sum Σ w·patch gains energy (the synchronisation's objective)
+    assert np.abs(b).max() <= net.config.amplitude_max + 1e-5
+    w = plain.coverage
+    assert np.sum(np.abs(b * w) ** 2) > np.sum(np.abs(a * w) ** 2)
+    assert np.all(b[~covered] == 0) and not np.allclose(a, b)

@@ -149,3 +149,77 @@ def test_weighting_names_and_probe_are_validated():
         Stitcher((20, 20), 16, 4, weighting="probe", probe=np.ones((8, 8), np.complex64))
     with pytest.raises(ValueError, match="all zeros"):
         Stitcher((20, 20), 16, 4, weighting="probe", probe=np.zeros((16, 16), np.complex64))
+
+
+# ------------------------------------------------------------------------ phase synchronisation
+
+
+def _scrambled(seed=0, spread=np.pi):
+    """True patches of a random object on a 4 px raster, each times its own random e^{iθ}."""
+    obj = truth(seed=seed)
+    xs, ys = np.meshgrid(np.arange(20.0, 71.0, 4.0), np.arange(20.0, 61.0, 4.0))
+    coords = np.stack([xs.ravel(), ys.ravel()], -1)
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(coords), 32)
+    theta = np.random.default_rng(seed + 10).uniform(-spread, spread, len(coords))
+    rotated = patches * torch.from_numpy(np.exp(1j * theta).astype(np.complex64))[:, None, None]
+    return obj, coords, rotated
+
+
+def _error_up_to_one_global_phase(img, obj, covered):
+    a, b = img[covered], obj[covered]
+    g = np.vdot(a, b)
+    return float(np.linalg.norm(a * g / abs(g) - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("spread,iterations", [(1.0, 20), (np.pi, 300)])
+def test_phase_sync_undoes_random_per_patch_phase_offsets(spread, iterations):
+    obj, coords, rotated = _scrambled(spread=spread)
+    plain, cov = stitch(rotated, coords, obj.shape, crop=12)
+    synced, cov2 = stitch(rotated, coords, obj.shape, crop=12, phase_sync=iterations)
+    covered = cov > 0
+    assert np.array_equal(cov, cov2)  # the weights do not change, only the patches' phases
+    err_plain = _error_up_to_one_global_phase(plain, obj, covered)
+    err_sync = _error_up_to_one_global_phase(synced, obj, covered)
+    assert err_plain > 0.25, err_plain
+    # converged from any start given enough iterations; from a moderate one, 20 cut it 10-fold
+    assert err_sync < (1e-3 if iterations >= 300 else 0.1 * err_plain), (err_plain, err_sync)
+
+
+def test_phase_sync_leaves_consistent_patches_alone_and_zero_iterations_is_the_plain_stitch():
+    obj = truth(seed=3)
+    xs, ys = np.meshgrid(np.arange(20.0, 71.0, 4.0), np.arange(20.0, 61.0, 4.0))
+    coords = np.stack([xs.ravel(), ys.ravel()], -1)
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(coords), 32)
+    plain, cov = stitch(patches, coords, obj.shape, crop=12)
+    synced, _ = stitch(patches, coords, obj.shape, crop=12, phase_sync=5)
+    covered = cov > 0
+    assert np.allclose(synced[covered], obj[covered], atol=1e-5)  # not even a global rotation
+    zero, _ = stitch(patches, coords, obj.shape, crop=12, phase_sync=0)
+    assert np.array_equal(zero, plain)
+
+
+def test_phase_sync_with_probe_weights_keeps_unlit_pixels_zero():
+    N = 16
+    probe = np.zeros((N, N), np.complex64)
+    probe[6:10, 6:10] = 1.0  # lights only the centre of the N/2 window
+    obj, coords, rotated = _scrambled(seed=4)
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(coords), N)
+    img, cov = stitch(patches, coords, obj.shape, weighting="probe", probe=probe, phase_sync=10)
+    assert np.all(img[cov == 0] == 0) and np.all(cov[:10] == 0)
+    assert (cov > 0).sum() > 0
+
+
+def test_a_patch_that_overlaps_nothing_keeps_its_phase():
+    from ptychobench.stitch import synchronise_phases
+
+    p = torch.full((2, 4, 4), complex(0.0, 1.0), dtype=torch.complex64)
+    w = torch.ones((2, 4, 4))
+    c = torch.tensor([[5.0, 5.0], [30.0, 30.0]], dtype=torch.float64)
+    out = synchronise_phases(p, w, c, (40, 40), iterations=3)
+    assert torch.equal(out, p)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_phase_sync_iterations_are_validated(bad):
+    with pytest.raises(ValueError, match="phase sync: expected an integer number of iterations"):
+        Stitcher((10, 10), 8, 4, phase_sync=bad)

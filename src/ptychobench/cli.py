@@ -40,6 +40,13 @@ def _check_weighting(option: str, value: str) -> str:
     return value
 
 
+def _check_phase_sync(value: int) -> int:
+    """``value`` if it is a usable number of phase-sync iterations, else a CLIError."""
+    if value < 0:
+        raise CLIError(f"--phase-sync: expected iterations >= 0 (0 = off), found {value}")
+    return value
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -329,11 +336,21 @@ def reconstruct(
         bool,
         typer.Option("--init-from-truth", help="DIAGNOSTIC ONLY: start from objectGuess (unfair)."),
     ] = False,
+    init_object: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-object",
+            help="Start from this reconstruction NPZ (any arm's, in DATA's object frame); "
+            "pixels it did not cover start at 1.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="pty-chi random seed.")] = 0,
 ) -> None:
     """Reconstruct with pty-chi (object = ones, known probe and positions, all patterns).
 
     Example: ptychobench reconstruct d.npz --out recon.npz --engine lsqml --epochs 100
+
+    Hybrid (PtychoPINN+LSQML): ptychobench reconstruct d.npz --init-object pinn.npz --epochs 25
     """
 
     def go():
@@ -356,11 +373,17 @@ def reconstruct(
             progress=sys.stderr.isatty(),
         )
         ds = load(data)
-        rec = run_reconstruct(ds, cfg)
+        start = None
+        if init_object is not None:
+            from ptychobench.data.recon import read_reconstruction
+
+            start = read_reconstruction(init_object)
+            start.metadata["source"] = f"--init-object {init_object}"
+        rec = run_reconstruct(ds, cfg, init_object=start)
         write_reconstruction(rec, out)
         typer.echo(
             f"wrote {out}: {cfg.engine} {cfg.epochs} epochs on {ds.n} patterns in "
-            f"{rec.metadata['seconds']:.1f} s"
+            f"{rec.metadata['seconds']:.1f} s, start: {rec.metadata['init']}"
         )
 
     _run(go)
@@ -483,6 +506,13 @@ def infer(
             help="flat (central M×M crop, weight 1) | probe (|P|² on the N/2 window, M ignored).",
         ),
     ] = "flat",
+    phase_sync: Annotated[
+        int,
+        typer.Option(
+            "--phase-sync",
+            help="Iterations of phase synchronisation of the patches before stitching (0 = off).",
+        ),
+    ] = 0,
 ) -> None:
     """Streaming inference and stitching into the object's pixel frame.
 
@@ -498,6 +528,7 @@ def infer(
         if out.suffix.lower() != ".npz":
             raise CLIError(f"{out}: expected an output file ending in .npz, found {out.suffix!r}")
         _check_weighting("--stitch-weighting", stitch_weighting)
+        _check_phase_sync(phase_sync)
         net, config = load_bundle(bundle)
         ds = load(data)
         rec = run_infer(
@@ -509,6 +540,7 @@ def infer(
             crop_size_M=stitch_crop_size,
             data_source=str(data),
             stitch_weighting=stitch_weighting,
+            phase_sync=phase_sync,
         )
         rec.metadata["bundle"] = str(bundle)
         write_reconstruction(rec, out)
@@ -550,6 +582,13 @@ def compare(
             help="How bundle arms are stitched: flat (M×M crop) | probe (|P|² on the N/2 window).",
         ),
     ] = "flat",
+    phase_sync: Annotated[
+        int,
+        typer.Option(
+            "--phase-sync",
+            help="Iterations of phase synchronisation of the patches before stitching (0 = off).",
+        ),
+    ] = 0,
     ms_ssim_sigma: Annotated[
         float, typer.Option("--ms-ssim-sigma", help="Amplitude smoothing before MS-SSIM (px).")
     ] = 1.0,
@@ -580,9 +619,11 @@ def compare(
         from ptychobench.evaluate.compare import compare as run_compare
 
         _check_weighting("--stitch-weighting", stitch_weighting)
+        _check_phase_sync(phase_sync)
         settings = CompareSettings(
             crop_size_M=stitch_crop_size,
             stitch_weighting=stitch_weighting,
+            phase_sync=phase_sync,
             registration=registration,
             phase_align=phase_align,
             ms_ssim_sigma=ms_ssim_sigma,
@@ -651,6 +692,7 @@ def _bundle_arm(name, path, ds, data, settings, device, debug_limit, debug_dir):
             device=device,
             crop_size_M=settings.validate(ds.N),
             stitch_weighting=settings.stitch_weighting,
+            phase_sync=settings.phase_sync,
             data_source=str(data),
             arm=name,
             debug_limit=limit,

@@ -34,7 +34,7 @@ from ptychobench.data.dataset import PtychoDataset, photons_per_pattern
 from ptychobench.data.grouping import group_centres, group_offsets, make_groups
 from ptychobench.data.io import atomic_open
 from ptychobench.data.recon import Reconstruction
-from ptychobench.stitch import Stitcher, validate_weighting
+from ptychobench.stitch import Stitcher, validate_phase_sync, validate_weighting
 
 __all__ = [
     "BaselineInputs",
@@ -219,6 +219,7 @@ def infer(
     debug_dir: str | Path | None = None,
     neighbor_count: int = 4,
     stitch_weighting: str = "flat",
+    phase_sync: int = 0,
 ) -> Reconstruction:
     """Run ``model`` over ``ds`` in chunks and stitch its patches into the object's pixel frame.
 
@@ -231,6 +232,8 @@ def infer(
     crop_size_M : stitching crop (default N/4 rounded to even); used by ``"flat"`` only
     stitch_weighting : ``"flat"`` (central M×M crop, uniform weight) or ``"probe"`` (``|P|²``
         weights on the N/2 window; see the module docstring); recorded in the metadata
+    phase_sync : iterations of phase synchronisation before stitching (0 = off; see
+        :func:`ptychobench.stitch.synchronise_phases`); recorded in the metadata
     debug_limit : baseline only — run on the first K flattened patterns
     debug_dir : baseline only — write ``baseline_debug.npz`` and ``baseline_debug_stats.json``
 
@@ -240,6 +243,7 @@ def infer(
     debug artifacts are written).
     """
     stitch_weighting = validate_weighting(stitch_weighting)
+    phase_sync = validate_phase_sync(phase_sync)
     kind = model.kind
     name = arm or ("PtychoPINN" if kind == "pinn" else "Baseline")
     N = ds.N
@@ -270,6 +274,7 @@ def infer(
             origin=(inputs.centre, inputs.centre),
             weighting=stitch_weighting,
             probe=ds.probeGuess if stitch_weighting == "probe" else None,
+            phase_sync=phase_sync,
         )
         outs = []
         for start in range(0, len(members), batch_size):
@@ -294,7 +299,8 @@ def infer(
             # its Σ-weight map as the per-patch weight; no merge threshold, the stitcher
             # thresholds the total weight of all groups
             S = N + 2 * int(model.config.canvas_pad)
-            stitcher = Stitcher(shape, S, S)  # every add() passes its weight maps
+            # every add() passes its weight maps
+            stitcher = Stitcher(shape, S, S, phase_sync=phase_sync)
             merge_kw = {
                 "weighting": "probe",
                 "return_weight": True,
@@ -308,6 +314,7 @@ def infer(
                 M,
                 weighting=stitch_weighting,
                 probe=model.probe.detach().cpu() if probe_weighted else None,
+                phase_sync=phase_sync,
             )
         # shared channel mode: a member's patch depends on its own pattern only, and
         # neighbouring groups share members, so each distinct pattern of a chunk is decoded once
@@ -340,6 +347,7 @@ def infer(
         "n_groups": int(len(groups)),
         "crop_size_M": M,
         "stitch_weighting": stitch_weighting,
+        "phase_sync": phase_sync,
         "device": str(dev),
         "data": data_source,
         "input_guard": guard,

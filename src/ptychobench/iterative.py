@@ -12,7 +12,9 @@ Conventions that bite (pinned by tests):
   object/probe ambiguity removal are switched off unless the probe is refined.
 
 Fair by default: object initialised to ones, known probe, known positions, every pattern of the
-dataset. ``init_from_truth`` is a labelled diagnostic only.
+dataset. ``init_from_truth`` is a labelled diagnostic only. ``init_object`` starts from another
+arm's reconstruction (the PtychoPINN+LSQML hybrid): its covered pixels as they are, the uncovered
+ones at the flat start value 1 — no ground truth involved.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from typing import Literal
 
@@ -32,11 +35,72 @@ from pydantic import BaseModel, ConfigDict, Field
 from ptychobench.data.dataset import DatasetError, PtychoDataset, photons_per_pattern
 from ptychobench.data.recon import Reconstruction
 
-__all__ = ["IterativeConfig", "reconstruct", "ptychi_available", "illumination_coverage"]
+__all__ = [
+    "IterativeConfig",
+    "InitObjectError",
+    "initial_object",
+    "reconstruct",
+    "ptychi_available",
+    "illumination_coverage",
+]
 
 log = logging.getLogger(__name__)
 
 BUFFER_PAD = 4
+FLAT_START = 1.0 + 0.0j
+
+
+class InitObjectError(ValueError):
+    """A start object that cannot be used (shape, values, coverage); the message says which."""
+
+
+def initial_object(
+    obj: np.ndarray,
+    coverage: np.ndarray | None,
+    shape: tuple[int, int],
+    source: str = "init object",
+    min_coverage: float = 1e-3,
+) -> np.ndarray:
+    """A reconstruction as pty-chi's start object, in the dataset's object frame.
+
+    Parameters
+    ----------
+    obj : np.ndarray
+        (H, W) complex reconstruction in the object frame (another arm's output).
+    coverage : np.ndarray, optional
+        (H, W) its weight / coverage map; pixels at or below ``min_coverage`` · max are replaced by
+        the flat start value (1), so nothing the arm did not reconstruct enters the start.
+    shape : tuple
+        (H, W) the dataset's object frame.
+
+    Returns
+    -------
+    np.ndarray
+        (H, W) complex64.
+    """
+    obj = np.asarray(obj)
+    if obj.ndim != 2 or tuple(obj.shape) != tuple(shape):
+        raise InitObjectError(
+            f"{source}: expected a (H, W) = {tuple(shape)} object in the dataset's frame, "
+            f"found shape {obj.shape}"
+        )
+    if not np.iscomplexobj(obj):
+        raise InitObjectError(f"{source}: expected a complex object, found {obj.dtype}")
+    cov = np.ones(shape, np.float32) if coverage is None else np.asarray(coverage)
+    if cov.shape != obj.shape:
+        raise InitObjectError(f"{source}: coverage: expected shape {obj.shape}, found {cov.shape}")
+    peak = float(np.nanmax(cov)) if cov.size else 0.0
+    covered = cov > min_coverage * peak if peak > 0 else np.zeros(shape, bool)
+    if not covered.any():
+        raise InitObjectError(f"{source}: expected some covered pixels (coverage > 0), found none")
+    bad = covered & ~np.isfinite(obj)
+    if bad.any():
+        y, x = np.argwhere(bad)[0]
+        raise InitObjectError(
+            f"{source}: expected finite values, found {int(bad.sum())} non-finite pixels "
+            f"(first at y={y}, x={x})"
+        )
+    return np.where(covered, obj, FLAT_START).astype(np.complex64)
 
 
 class IterativeConfig(BaseModel):
@@ -86,7 +150,9 @@ def _device(name: str) -> str:
     return name
 
 
-def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
+def _options(
+    ds: PtychoDataset, cfg: IterativeConfig, device: str, init_object: np.ndarray | None = None
+):
     import ptychi.api as api
 
     N = ds.N
@@ -117,6 +183,9 @@ def _options(ds: PtychoDataset, cfg: IterativeConfig, device: str):
         if ds.objectGuess is None:
             raise DatasetError("init_from_truth: expected a dataset with objectGuess, found none")
         init = np.pad(ds.objectGuess.astype(np.complex64), p, constant_values=1)
+        init = torch.from_numpy(init)[None]
+    elif init_object is not None:
+        init = np.pad(init_object.astype(np.complex64), p, constant_values=FLAT_START)
         init = torch.from_numpy(init)[None]
     else:
         init = torch.ones((1, H + 2 * p, W + 2 * p), dtype=torch.complex64)
@@ -203,7 +272,14 @@ def _quiet_ptychi():
             lg.setLevel(lv)
 
 
-def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Reconstruction:
+def reconstruct(
+    ds: PtychoDataset,
+    config: IterativeConfig | None = None,
+    *,
+    init_object: Reconstruction | None = None,
+    snapshot_epochs: tuple[int, ...] = (),
+    on_snapshot: Callable[[int, float, np.ndarray], None] | None = None,
+) -> Reconstruction:
     """Reconstruct ``ds`` with pty-chi; returns the object in ``ds``'s object pixel frame.
 
     Parameters
@@ -211,6 +287,13 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
     ds : PtychoDataset
         Diffraction amplitudes, known probe and positions (all patterns are used).
     config : IterativeConfig
+    init_object : Reconstruction, optional
+        Start from this reconstruction (see :func:`initial_object`) instead of ones; recorded in
+        the metadata (``init``). Exclusive with ``init_from_truth``.
+    snapshot_epochs : tuple of int
+        Epochs (1 … ``epochs``) after which ``on_snapshot(epoch, seconds, object)`` is called with
+        the (H, W) complex64 object so far and the seconds spent since the start (the
+        convergence curve); the snapshot's own cost is not counted in the seconds.
 
     Returns
     -------
@@ -225,19 +308,47 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
 
     device = _device(cfg.device)
     scale = cfg.probe_scale or probe_photon_scale(ds)
-    opts, task_data = _options(ds, cfg, device)
+    start = None
+    if init_object is not None:
+        if cfg.init_from_truth:
+            raise InitObjectError("init object: expected either it or init_from_truth, found both")
+        frame = ds.objectGuess.shape if ds.objectGuess is not None else _frame_shape(ds)
+        start = initial_object(
+            init_object.reconstructed_object,
+            init_object.coverage,
+            tuple(frame),
+            source=str(
+                init_object.metadata.get("source", f"init object ({start_name(init_object)})")
+            ),
+        )
+    stops = sorted({int(e) for e in snapshot_epochs})
+    if stops and not (1 <= stops[0] and stops[-1] <= cfg.epochs):
+        raise ValueError(
+            f"snapshot_epochs: expected epochs in 1..{cfg.epochs}, found {stops[0]}..{stops[-1]}"
+        )
+    opts, task_data = _options(ds, cfg, device, start)
     p = BUFFER_PAD
     shape = tuple(int(n) - 2 * p for n in task_data["object_data"].shape[-2:])
     t0 = time.perf_counter()
+    paused = 0.0
     with (
         _deterministic(),
         _quiet_ptychi() as root_level,
         PtychographyTask(opts, **task_data) as task,
     ):
-        _run_epochs(task, cfg, root_level)
+        done = 0
+        for stop in sorted({*stops, cfg.epochs}):
+            if stop > done:
+                _run_epochs(task, cfg.model_copy(update={"epochs": stop - done}), root_level)
+                done = stop
+            if on_snapshot is not None and stop in stops:
+                t_pause = time.perf_counter()
+                snap = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
+                on_snapshot(stop, t_pause - t0 - paused, snap.astype(np.complex64))
+                paused += time.perf_counter() - t_pause
         obj = task.get_data_to_cpu("object", as_numpy=True)[0, p:-p, p:-p]
         probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * (ds.N / scale)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - paused
     meta = {
         "arm": "PtyChi",
         "algorithm": cfg.engine.upper() if cfg.engine != "epie" else "ePIE",
@@ -248,6 +359,11 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
         "init_from_truth": cfg.init_from_truth,
         "probe_photon_scale": scale,
         "diagnostic": "init_from_truth (not a fair comparison)" if cfg.init_from_truth else None,
+        "init": (
+            "truth"
+            if cfg.init_from_truth
+            else ("flat" if init_object is None else f"object of {start_name(init_object)}")
+        ),
         "device": device,
         "versions": {"ptychi": version, "torch": torch.__version__},
     }
@@ -257,6 +373,11 @@ def reconstruct(ds: PtychoDataset, config: IterativeConfig | None = None) -> Rec
         metadata=meta,
         reconstructed_probe=probe.astype(np.complex64),
     )
+
+
+def start_name(rec: Reconstruction) -> str:
+    """The arm a start object came from, as its metadata names it."""
+    return str(rec.metadata.get("arm", "unknown arm"))
 
 
 def _run_epochs(task, cfg: IterativeConfig, root_level: int = logging.WARNING) -> None:

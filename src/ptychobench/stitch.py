@@ -18,6 +18,16 @@ Two weightings (SPEC §5.4 "Weighting"):
 :meth:`Stitcher.add` also takes an explicit per-patch weight map (B, N, N) that replaces the
 default weight of either mode (no crop); gs2 inference passes each group's merged Σ-weight map,
 so that a group contributes what its members stitched one by one would.
+
+Phase synchronisation (``phase_sync`` > 0 iterations): no diffraction pattern constrains the
+constant phase of the object patch it explains (``|F(P·O·e^{iθ})| = |F(P·O)|``), so a network's
+patches — one per pattern or per group — each carry their own arbitrary phase offset, and
+averaging them blurs the stitched phase. Before stitching, each patch is rotated by the constant
+phase that best aligns it with the weighted sum of all *other* patches where they overlap
+(:func:`synchronise_phases`, repeated; the overlaps alone decide, no ground truth). The whole
+image keeps one arbitrary global phase, which the scores remove anyway. Measured in
+``benchmarks/pinn_ladder.py`` (rung ``phase_sync``); the Stitcher then holds every (cropped)
+patch until :meth:`Stitcher.result`.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ __all__ = [
     "probe_weight",
     "stitch",
     "support_window",
+    "synchronise_phases",
+    "validate_phase_sync",
     "validate_crop_size",
     "validate_weighting",
 ]
@@ -58,6 +70,71 @@ def validate_weighting(name: object, what: str = "stitch weighting") -> str:
     if not isinstance(name, str) or name not in STITCH_WEIGHTINGS:
         raise ValueError(f"{what}: expected 'flat' or 'probe', found {name!r}")
     return name
+
+
+def validate_phase_sync(iterations: object) -> int:
+    """Return ``iterations`` if it is an int >= 0 (0 = off), else raise ValueError."""
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
+        raise ValueError(
+            f"phase sync: expected an integer number of iterations >= 0, found {iterations!r}"
+        )
+    if iterations < 0:
+        raise ValueError(
+            f"phase sync: expected an integer number of iterations >= 0, found {iterations}"
+        )
+    return int(iterations)
+
+
+def synchronise_phases(
+    patches: torch.Tensor,
+    weights: torch.Tensor,
+    coords: torch.Tensor,
+    shape: tuple[int, int],
+    iterations: int = 10,
+) -> torch.Tensor:
+    """Rotate each patch by the constant phase that aligns it with the others where they overlap.
+
+    It refines the patches' own phases, so a network's phase convention is kept where overlaps
+    say little (sparse scans): from the offsets of a trained network a few tens of iterations
+    suffice; from uniformly random offsets a 12×12 raster needs ~200 (the error spreads like
+    diffusion). One iteration: ``S = Σ_k overlay(w_k·p_k)`` (bilinear, the stitcher's
+    placement); for every patch ``r_k = Σ_pixels w_k · conj(p_k) · (S − w_k·p_k)`` at its own
+    position (the sum of the *other* patches, so a patch does not vote for itself);
+    ``p_k ← p_k · e^{i·arg r_k}``. A patch no other overlaps (``r_k = 0``) keeps its phase.
+    Repeated ``iterations`` times (a projected power iteration on the patches' pairwise
+    overlap correlations).
+
+    Parameters
+    ----------
+    patches : torch.Tensor
+        (B, s, s) complex, as they will be placed (already cropped).
+    weights : torch.Tensor
+        (B, s, s) real >= 0, their stitching weights.
+    coords : torch.Tensor
+        (B, 2) float64 placement coordinates (x, y) in the canvas (origin already added).
+    shape : tuple
+        (H, W) canvas.
+    iterations : int
+        >= 0; 0 returns ``patches`` unchanged.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, s, s) complex64, each patch times a unit-modulus constant.
+    """
+    from ptychobench.physics import extract_patches
+
+    iterations = validate_phase_sync(iterations)
+    p = patches.to(torch.complex64)
+    w = weights.to(torch.float32)
+    side = p.shape[-1]
+    for _ in range(iterations):
+        total, _ = overlay_patches((p * w).contiguous(), coords, shape, method="bilinear")
+        others = extract_patches(total, coords, side, method="bilinear") - w * p
+        r = (w * p.conj() * others).sum(dim=(-2, -1))
+        unit = torch.where(r.abs() > 0, r / r.abs().clamp_min(1e-30), torch.ones_like(r))
+        p = p * unit[:, None, None]
+    return p
 
 
 def support_window(
@@ -124,6 +201,8 @@ class Stitcher:
     weighting : ``"flat"`` (uniform weight on the central M×M crop) or ``"probe"``
         (``w = |P|²/max|P|²`` on rows/cols ``[N/4, 3N/4)``)
     probe : (N, N) complex probe, required by ``"probe"``
+    phase_sync : iterations of :func:`synchronise_phases` run by :meth:`result` before the
+        patches are summed (0, the default: off, and patches are summed as they arrive)
     """
 
     def __init__(
@@ -135,8 +214,11 @@ class Stitcher:
         *,
         weighting: Weighting = "flat",
         probe: torch.Tensor | np.ndarray | None = None,
+        phase_sync: int = 0,
     ):
         self.weighting = validate_weighting(weighting)
+        self.phase_sync = validate_phase_sync(phase_sync)
+        self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.shape = (int(shape[0]), int(shape[1]))
         self.N = int(N)
         self.M = validate_crop_size(M, N)
@@ -171,13 +253,9 @@ class Stitcher:
         if c.shape != (p.shape[0], 2):
             raise ValueError(f"coords: expected ({p.shape[0]}, 2), found {tuple(c.shape)}")
         if weights is None and self.weighting == "flat":
-            crop = _central_crop(p, self.M).contiguous()
-            canvas, weight = overlay_patches(crop, c, self.shape, method="bilinear")
-            self.canvas += canvas
-            self.weight += weight.real if weight.is_complex() else weight
-            self.count += p.shape[0]
-            return
-        if weights is None:
+            p = _central_crop(p, self.M).contiguous()
+            w = torch.ones(p.shape, dtype=torch.float32)
+        elif weights is None:
             w = self.probe_weight.expand(p.shape[0], self.N, self.N)
         else:
             w = torch.as_tensor(weights).detach().to("cpu")
@@ -190,14 +268,31 @@ class Stitcher:
             if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
                 raise ValueError("weights: expected finite values >= 0")
         w = w.contiguous()
+        self.count += p.shape[0]
+        if self.phase_sync:
+            self._held.append((p, w, c))
+        else:
+            self._accumulate(p, w, c)
+
+    def _accumulate(self, p: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> None:
         canvas, _ = overlay_patches((p * w).contiguous(), c, self.shape, method="bilinear")
         weight, _ = overlay_patches(w, c, self.shape, method="bilinear")
         self.canvas += canvas
-        self.weight += weight
-        self.count += p.shape[0]
+        self.weight += weight.real if weight.is_complex() else weight
 
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """(image (H, W) complex64, coverage Σw (H, W) float32); zeros where Σw ≤ min_weight."""
+        if self._held:
+            # patches of equal side are synchronised together (flat crops, or N×N maps)
+            sides = sorted({p.shape[-1] for p, _, _ in self._held})
+            for side in sides:
+                items = [t for t in self._held if t[0].shape[-1] == side]
+                p = torch.cat([t[0] for t in items])
+                w = torch.cat([t[1] for t in items])
+                c = torch.cat([t[2] for t in items])
+                p = synchronise_phases(p, w, c, self.shape, self.phase_sync)
+                self._accumulate(p, w, c)
+            self._held = []
         covered = self.weight > min_weight
         safe = torch.where(covered, self.weight, torch.ones_like(self.weight))
         img = torch.where(covered, self.canvas / safe, torch.zeros((), dtype=torch.complex64))
@@ -213,17 +308,19 @@ def stitch(
     weighting: Weighting = "flat",
     probe: torch.Tensor | np.ndarray | None = None,
     weights: torch.Tensor | np.ndarray | None = None,
+    phase_sync: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stitch (B, N, N) complex patches at (B, 2) coords (x, y) into an (H, W) canvas.
 
     ``crop`` = M, the central crop kept from each patch by ``"flat"`` (default N/4 rounded to
     even; ignored by ``"probe"``). ``weighting``, ``probe``: see :class:`Stitcher`; ``weights``:
-    optional (B, N, N) per-patch weight maps (see :meth:`Stitcher.add`).
+    optional (B, N, N) per-patch weight maps (see :meth:`Stitcher.add`); ``phase_sync``:
+    iterations of :func:`synchronise_phases` (0 = off).
     Returns ``(image complex64, coverage float32)``.
     """
     p = torch.as_tensor(patches)
     N = int(p.shape[-1])
     M = max(2, 2 * round(N / 8)) if crop is None else crop
-    s = Stitcher(shape, N, M, weighting=weighting, probe=probe)
+    s = Stitcher(shape, N, M, weighting=weighting, probe=probe, phase_sync=phase_sync)
     s.add(p, coords, weights)
     return s.result()

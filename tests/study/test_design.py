@@ -62,6 +62,18 @@ def test_presets_stitch_the_sparse_view_probe_weighted_and_the_dense_view_flat(n
     assert by_view == {"dense": "flat", "sparse": "probe"}
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_phase_synchronise_network_patches_and_the_compare_key_says_so(name):
+    from ptychobench.study.jobs import job_settings
+
+    d = load_preset(name)
+    assert d.metrics.phase_sync == 20
+    off = d.model_copy(update={"metrics": d.metrics.model_copy(update={"phase_sync": 0})})
+    for a, b in zip(plan(d), plan(off), strict=True):
+        changed = job_settings(a, d) != job_settings(b, off)
+        assert changed == (a.kind == "compare"), a.kind  # only the compare jobs re-run
+
+
 def test_laptop_is_the_cpu_science_preset():
     q, lap, f = load_preset("quick"), load_preset("laptop"), load_preset("fly64")
     assert lap.simulation.object == "image:camera+astronaut"
@@ -105,6 +117,8 @@ def test_noise_seed_differs_per_dose_but_scan_does_not():
             "views.dense.stitch_weighting",
         ),
         ({"description": 5}, "description"),
+        ({"metrics": {"phase_sync": -1}}, "metrics.phase_sync"),
+        ({"metrics": {"phase_sync": 2.5}}, "metrics.phase_sync"),
     ],
 )
 def test_bad_keys_and_values_name_the_dotted_path(doc, key):

@@ -22,7 +22,7 @@ import numpy as np
 from ptychobench.data.dataset import PtychoDataset
 from ptychobench.data.io import atomic_open
 from ptychobench.data.recon import Reconstruction
-from ptychobench.stitch import validate_weighting
+from ptychobench.stitch import validate_phase_sync, validate_weighting
 
 __all__ = ["CompareSettings", "CompareResult", "compare", "default_crop_size", "METRICS"]
 
@@ -62,10 +62,13 @@ class CompareSettings:
     ``stitch_weighting`` (``"flat"`` | ``"probe"``) is how bundle arms are stitched when compare
     runs them (:func:`ptychobench.infer.infer`); it is recorded in the settings. ``crop_size_M``
     is the flat stitch crop and also sets the scored region's margin, whatever the weighting.
+    ``phase_sync``: iterations of phase synchronisation when bundle arms are stitched (0 = off;
+    :func:`ptychobench.stitch.synchronise_phases`), recorded likewise.
     """
 
     crop_size_M: int | None = None
     stitch_weighting: str = "flat"
+    phase_sync: int = 0
     registration: str = "all"
     phase_align: str = "plane"
     ms_ssim_sigma: float = 1.0
@@ -86,6 +89,7 @@ class CompareSettings:
         if not (self.ms_ssim_sigma >= 0 and math.isfinite(self.ms_ssim_sigma)):
             raise ValueError(f"ms_ssim_sigma: expected >= 0, found {self.ms_ssim_sigma}")
         validate_weighting(self.stitch_weighting)
+        validate_phase_sync(self.phase_sync)
         return M
 
 
@@ -148,6 +152,7 @@ def compare(
     result.settings = {
         "crop_size_M": M,
         "stitch_weighting": cfg.stitch_weighting,
+        "phase_sync": cfg.phase_sync,
         "registration": cfg.registration,
         "phase_align": cfg.phase_align,
         "ms_ssim_sigma_amplitude": cfg.ms_ssim_sigma,

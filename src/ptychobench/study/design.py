@@ -125,6 +125,14 @@ class MetricsSpec(_Strict):
         description="how network patches are stitched: flat (central M×M crop, weight 1) or "
         "probe (|P|²/max|P|² on the decoder's N/2 window; M then only sets the scored region)",
     )
+    phase_sync: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="iterations of phase synchronisation of network patches before stitching "
+        "(0 = off): each patch rotated by the constant phase that aligns it with its overlapping "
+        "neighbours, which no diffraction pattern fixes (ptychobench.stitch.synchronise_phases)",
+    )
     ms_ssim_sigma: float = Field(1.0, ge=0.0)
     registration: Literal["all", "none"] = "all"
     phase_align: Literal["plane", "mean", "none"] = "plane"

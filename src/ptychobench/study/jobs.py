@@ -414,6 +414,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
                 arm=name,
                 neighbor_count=spec.neighbor_count,
                 stitch_weighting=_stitch_weighting(job, design),
+                phase_sync=design.metrics.phase_sync,
             )
         except Exception as exc:  # an arm that cannot run is reported, the others still scored
             log.error("%s: %s", name, exc)
@@ -433,6 +434,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
         CompareSettings(
             crop_size_M=_crop(job, design),
             stitch_weighting=_stitch_weighting(job, design),
+            phase_sync=m.phase_sync,
             registration=m.registration,
             phase_align=m.phase_align,
             ms_ssim_sigma=m.ms_ssim_sigma,
