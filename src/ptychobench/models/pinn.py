@@ -561,6 +561,30 @@ class PtychoPINN(nn.Module):
             full_canvas=full_canvas,
         )
 
+    def decode_single(self, diffraction: torch.Tensor) -> torch.Tensor:
+        """Decode single patterns, independent of any group (gradients flow; see TTR).
+
+        Parameters
+        ----------
+        diffraction : torch.Tensor
+            (P, N, N) amplitudes.
+
+        Returns
+        -------
+        torch.Tensor
+            (P, N, N) complex64 patches, as :meth:`decode` would return them per member; exactly
+            zero outside the central N/2 window.
+        """
+        if self.config.channel_mode != "shared" and self.config.channels != 1:
+            raise ValueError("decode_single needs channel_mode 'shared' (or gridsize 1)")
+        P, N = diffraction.shape[0], self.config.N
+        x = diffraction.reshape(P, 1, N, N) * self.config.input_scale
+        z = self.encoder(x)
+        amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
+        phase = math.pi * torch.tanh(self.decoder_phase(z).float())
+        q = N // 4
+        return F.pad(torch.polar(amp, phase), (q, q, q, q))[:, 0]
+
     @torch.no_grad()
     def decode_patterns(self, diffraction: torch.Tensor) -> torch.Tensor:
         """Shared channel mode: decode single patterns, independent of any group.
@@ -576,17 +600,9 @@ class PtychoPINN(nn.Module):
         Returns
         -------
         torch.Tensor
-            (P, N, N) complex64 patches, as :meth:`decode` would return them per member.
+            (P, N, N) complex64 patches (:meth:`decode_single` without gradients).
         """
-        if self.config.channel_mode != "shared" and self.config.channels != 1:
-            raise ValueError("decode_patterns needs channel_mode 'shared' (or gridsize 1)")
-        P, N = diffraction.shape[0], self.config.N
-        x = diffraction.reshape(P, 1, N, N) * self.config.input_scale
-        z = self.encoder(x)
-        amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
-        phase = math.pi * torch.tanh(self.decoder_phase(z).float())
-        q = N // 4
-        return F.pad(torch.polar(amp, phase), (q, q, q, q))[:, 0]
+        return self.decode_single(diffraction)
 
     @torch.no_grad()
     def predict_from_patches(
