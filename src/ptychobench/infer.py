@@ -343,6 +343,8 @@ def infer(
         "kind": kind,
         "gridsize": gridsize,
         "seconds": seconds,
+        "infer_s": seconds,
+        "refine_s": 0.0,
         "n_patterns": n_used,
         "n_groups": int(len(groups)),
         "crop_size_M": M,

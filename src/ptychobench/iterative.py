@@ -354,6 +354,8 @@ def reconstruct(
         "algorithm": cfg.engine.upper() if cfg.engine != "epie" else "ePIE",
         "epochs": cfg.epochs,
         "seconds": seconds,
+        "infer_s": 0.0,
+        "refine_s": seconds,
         "n_patterns": ds.n,
         "settings": cfg.model_dump(mode="json"),
         "init_from_truth": cfg.init_from_truth,

@@ -43,10 +43,14 @@ SCALAR_ROWS = (
     "registration_offset_dy",
     "registration_offset_dx",
     "computation_time_s",
+    "train_s",
+    "infer_s",
+    "refine_s",
     "n_patterns",
 )
 METRICS = TUPLE_METRICS + SCALAR_ROWS
-ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
+ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR", "Flat")
+COST_ROWS = ("computation_time_s", "train_s", "infer_s", "refine_s")
 MIN_SCORED_SIDE = 11
 
 
@@ -100,6 +104,7 @@ class CompareResult:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    snapshots: dict[str, tuple[float, float]] = field(default_factory=dict)
     frc: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
@@ -107,6 +112,34 @@ class CompareResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+def arm_cost(name: str, meta: dict[str, Any]) -> dict[str, float | None]:
+    """Seconds an arm cost: ``computation_time_s = infer_s + refine_s``; ``train_s`` beside it.
+
+    ``train_s`` is the network's training (amortised over every dataset it reconstructs, so
+    stated, never added); ``infer_s`` a network's forward pass and stitching; ``refine_s``
+    iterations on the data itself (pty-chi's epochs, LSQML after the PINN, test-time
+    refinement). A reconstruction file without the split counts a network's ``seconds`` as
+    inference and a solver's as refinement. Unknown values are None (empty CSV cells).
+    """
+    if name == "Flat":
+        return dict.fromkeys(COST_ROWS, 0.0)
+    seconds = meta.get("seconds")
+    infer_s, refine_s = meta.get("infer_s"), meta.get("refine_s")
+    network = meta.get("kind") in ("pinn", "baseline")
+    if infer_s is None and refine_s is None and seconds is not None:
+        infer_s, refine_s = (seconds, 0.0) if network else (0.0, seconds)
+    total = infer_s + refine_s if infer_s is not None and refine_s is not None else seconds
+    train_s = meta.get("train_s")
+    if train_s is None and not network and "+" not in name:
+        train_s = 0.0  # a solver does not train
+    return {
+        "computation_time_s": total,
+        "train_s": train_s,
+        "infer_s": infer_s,
+        "refine_s": refine_s,
+    }
 
 
 def _ordered(names) -> list[str]:
@@ -121,6 +154,7 @@ def compare(
     settings: CompareSettings | None = None,
     data_source: str = "dataset",
     region_coords: np.ndarray | None = None,
+    snapshots: dict[str, np.ndarray] | None = None,
 ) -> CompareResult:
     """Align, score and write the comparison of ``arms`` against ``ds.objectGuess``.
 
@@ -134,6 +168,9 @@ def compare(
     region_coords : (n, 2) positions that define the scored region instead of ``ds.coords`` — a
         debug-limited arm covers only its own patterns, so every arm is scored there
         (``settings["debug_limited"]`` is then True)
+    snapshots : name -> (H, W) complex intermediate objects of an arm (e.g. LSQML after k
+        epochs): aligned together with the arms (so they share the arms' scored pixels) and
+        scored into ``result.snapshots[name] = (amplitude SSIM, phase SSIM)``; written nowhere
 
     Returns
     -------
@@ -142,7 +179,7 @@ def compare(
     """
     from ptychobench.evaluate.align import align_arms
     from ptychobench.evaluate.frc import frc
-    from ptychobench.evaluate.metrics import score
+    from ptychobench.evaluate.metrics import score, ssim
 
     cfg = settings or CompareSettings()
     M = cfg.validate(ds.N)
@@ -188,8 +225,13 @@ def compare(
         elif not np.any(img):
             result.errors[name] = f"{name}: reconstruction is all zeros"
             images.pop(name)
+    snaps = {
+        f"snapshot:{k}": np.asarray(v)
+        for k, v in (snapshots or {}).items()
+        if np.isfinite(v).all() and np.any(v)
+    }
     alignment = align_arms(
-        images,
+        {**images, **snaps},
         truth,
         ds.coords if region_coords is None else np.asarray(region_coords, np.float64),
         crop_size_M=M,
@@ -198,6 +240,17 @@ def compare(
         phase_align=cfg.phase_align,
         register_on=cfg.register_on,
     )
+    for key in snaps:
+        aligned = alignment.aligned.pop(key, None)
+        alignment.offsets.pop(key, None)
+        alignment.errors.pop(key, None)
+        alignment.notes.pop(key, None)
+        if aligned is not None and min(aligned.shape) >= MIN_SCORED_SIDE:
+            t = alignment.truth
+            result.snapshots[key.removeprefix("snapshot:")] = (
+                ssim(np.abs(aligned), np.abs(t)),
+                ssim(np.angle(aligned), np.angle(t)),
+            )
     result.errors.update(alignment.errors)
     result.notes.update(alignment.notes)
     for name, aligned in alignment.aligned.items():
@@ -225,7 +278,7 @@ def compare(
             if name in arms and not isinstance(arms[name], BaseException)
             else {}
         )
-        s["computation_time_s"] = meta.get("seconds", 0.0 if name == "Flat" else None)
+        s.update(arm_cost(name, meta))
         s["n_patterns"] = meta.get("n_patterns", ds.n)
         if meta.get("debug_limited"):
             s["debug_limited"] = True

@@ -57,14 +57,21 @@ __all__ = [
     "summary_json",
 ]
 
-ARMS: tuple[str, ...] = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
+ARMS: tuple[str, ...] = (
+    "PtychoPINN",
+    "Baseline",
+    "PtyChi",
+    "PtychoPINN+LSQML",
+    "PtychoPINN+TTR",
+    "Flat",
+)
 
 #: Tuple metrics where a smaller value is better ("best" is then the minimum).
 LOWER_IS_BETTER = frozenset({"mae", "mse"})
 
 #: Scalar rows never copied into the summary: wall-clock times differ between two runs of the
 #: same study and would break the byte-identical ``metrics_summary.json``.
-EXCLUDED_FROM_SUMMARY = frozenset({"computation_time_s"})
+EXCLUDED_FROM_SUMMARY = frozenset({"computation_time_s", "train_s", "infer_s", "refine_s"})
 
 #: Arms PtychoPINN is compared against in ``deltas.json`` / ``highlights.txt``, in line order.
 DELTA_ARMS: tuple[str, ...] = ("Baseline", "PtyChi")

@@ -118,6 +118,32 @@ class IterativeSpec(_Strict):
     noise_model: Literal["gaussian", "poisson"] = "gaussian"
 
 
+ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
+"""Arms a design can list (``Flat``, the constant-object floor, is always scored)."""
+
+HYBRID_ARMS = ("PtychoPINN+LSQML", "PtychoPINN+TTR")
+
+
+class HybridSpec(_Strict):
+    """Settings of the hybrid arms (run on the test split only)."""
+
+    lsqml_epochs: int = Field(
+        50, ge=1, description="PtychoPINN+LSQML: LSQML epochs from the PINN's stitched object"
+    )
+    snapshot_every: int = Field(
+        10,
+        ge=1,
+        description="record the object every this many LSQML epochs, for PtyChi (from flat) "
+        "and PtychoPINN+LSQML alike: the quality-vs-seconds curves of the report",
+    )
+    ttr_epochs: int = Field(5, ge=1, description="PtychoPINN+TTR: passes over the test patterns")
+    ttr_lr: float = Field(1e-4, gt=0.0, description="PtychoPINN+TTR: Adam step of the weights")
+    ttr_batch_size: int = Field(32, ge=1)
+    ttr_max_seconds: float | None = Field(
+        None, gt=0.0, description="PtychoPINN+TTR: stop after this many seconds"
+    )
+
+
 class MetricsSpec(_Strict):
     crop_size_M: int | None = Field(None, ge=1, description="stitch crop (default N/4)")
     stitch_weighting: Literal["flat", "probe"] = Field(
@@ -163,6 +189,13 @@ class StudyDesign(_Strict):
     baseline: ArmTraining = Field(default_factory=lambda: ArmTraining(loss="mae"))
     iterative: IterativeSpec = Field(default_factory=IterativeSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    arms: list[str] = Field(
+        default_factory=lambda: ["PtychoPINN", "Baseline", "PtyChi"],
+        min_length=1,
+        description="arms the study runs and scores, from " + ", ".join(ARMS) + " (Flat, the "
+        "constant-object floor, is always scored); hybrids run on the test split",
+    )
+    hybrid: HybridSpec = Field(default_factory=HybridSpec)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads per job (None: torch's default)"
@@ -190,6 +223,30 @@ class StudyDesign(_Strict):
                     f"found {spec.neighbor_count}"
                 )
         return v
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: list[str]) -> list[str]:
+        for i, arm in enumerate(v):
+            if arm not in ARMS:
+                raise ValueError(f"arms[{i}]: expected one of {', '.join(ARMS)}, found {arm!r}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected each arm once, found {v}")
+        hybrids = [a for a in v if a in HYBRID_ARMS]
+        if hybrids and "PtychoPINN" not in v:
+            raise ValueError(f"{hybrids[0]} starts from PtychoPINN: expected it in arms too")
+        return v
+
+    def has(self, arm: str) -> bool:
+        """Whether the design runs ``arm``."""
+        return arm in self.arms
+
+    def snapshot_epochs(self, epochs: int) -> tuple[int, ...]:
+        """LSQML epochs at which the convergence curve is sampled (empty without the hybrid)."""
+        if not self.has("PtychoPINN+LSQML"):
+            return ()
+        every = self.hybrid.snapshot_every
+        return tuple(sorted({*range(every, epochs + 1, every), epochs}))
 
     def train_config(self, arm: Literal["pinn", "baseline"]) -> TrainConfig:
         a = self.pinn if arm == "pinn" else self.baseline

@@ -46,7 +46,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FINAL_KINDS = ("aggregate", "report", "verify")
-GPU_KINDS = ("train_pinn", "train_baseline", "iterative", "compare")
+GPU_KINDS = ("train_pinn", "train_baseline", "iterative", "hybrid_lsqml", "ttr", "compare")
 SPLITS = ("train", "test")
 STAGING = ".staging"
 
@@ -93,6 +93,11 @@ def _data(dose: float, *rest: str) -> str:
     return "/".join(("data", dose_dir(dose), *rest))
 
 
+def hybrid_dir(dose: float, view: str, split: str, kind: str) -> str:
+    """Run-relative directory of a hybrid arm's outputs (``recon.npz``, ``snapshots.npz``)."""
+    return f"hybrid/{dose_dir(dose)}/{view}/{split}/{kind.removeprefix('hybrid_')}"
+
+
 def plan(design: StudyDesign) -> list[Job]:
     """Every job of ``design`` in a topological (and deterministic) order."""
     jobs: list[Job] = []
@@ -122,7 +127,9 @@ def plan(design: StudyDesign) -> list[Job]:
                 view_ids[split] = j.id
                 jobs.append(j)
             trains = {}
-            for arm in ("pinn", "baseline"):
+            for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
+                if not design.has(name):
+                    continue
                 j = Job(
                     f"train_{arm}.{dd}.{view}",
                     f"train_{arm}",
@@ -134,25 +141,51 @@ def plan(design: StudyDesign) -> list[Job]:
                 trains[arm] = j.id
                 jobs.append(j)
             for split in SPLITS:
-                it = Job(
-                    f"iterative.{dd}.{view}.{split}",
-                    "iterative",
-                    (view_ids[split],),
-                    (f"iterative/{dd}/{view}/{split}/recon.npz",),
-                    dose,
-                    view,
-                    split,
+                reads = [view_ids[split], *trains.values()]
+                if design.has("PtyChi"):
+                    outputs = [f"iterative/{dd}/{view}/{split}/recon.npz"]
+                    if split == "test" and design.snapshot_epochs(design.iterative.epochs):
+                        outputs.append(f"iterative/{dd}/{view}/{split}/snapshots.npz")
+                    it = Job(
+                        f"iterative.{dd}.{view}.{split}",
+                        "iterative",
+                        (view_ids[split],),
+                        tuple(outputs),
+                        dose,
+                        view,
+                        split,
+                    )
+                    jobs.append(it)
+                    reads.append(it.id)
+                if split == "test":
+                    for kind, arm in (
+                        ("hybrid_lsqml", "PtychoPINN+LSQML"),
+                        ("ttr", "PtychoPINN+TTR"),
+                    ):
+                        if not design.has(arm):
+                            continue
+                        h = Job(
+                            f"{kind}.{dd}.{view}.{split}",
+                            kind,
+                            (view_ids[split], trains["pinn"]),
+                            (hybrid_dir(dose, view, split, kind),),
+                            dose,
+                            view,
+                            split,
+                        )
+                        jobs.append(h)
+                        reads.append(h.id)
+                jobs.append(
+                    Job(
+                        f"compare.{dd}.{view}.{split}",
+                        "compare",
+                        tuple(reads),
+                        (f"compare/{dd}/{view}/{split}",),
+                        dose,
+                        view,
+                        split,
+                    )
                 )
-                cmp_ = Job(
-                    f"compare.{dd}.{view}.{split}",
-                    "compare",
-                    (view_ids[split], trains["pinn"], trains["baseline"], it.id),
-                    (f"compare/{dd}/{view}/{split}",),
-                    dose,
-                    view,
-                    split,
-                )
-                jobs += [it, cmp_]
     compares = tuple(j.id for j in jobs if j.kind == "compare")
     jobs.append(Job("aggregate", "aggregate", compares, ("analysis",)))
     jobs.append(Job("report", "report", ("aggregate",), ("analysis",)))
@@ -192,12 +225,25 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
             "num_threads": design.num_threads,
         }
     if job.kind == "iterative":
-        return design.iterative_config().model_dump(exclude={"progress", "device"})
+        out = design.iterative_config().model_dump(exclude={"progress", "device"})
+        if job.split == "test" and design.snapshot_epochs(design.iterative.epochs):
+            out["snapshots"] = list(design.snapshot_epochs(design.iterative.epochs))
+        return out
+    if job.kind == "hybrid_lsqml":
+        return {
+            "iterative": design.iterative_config().model_dump(exclude={"progress", "device"}),
+            "epochs": design.hybrid.lsqml_epochs,
+            "snapshots": list(design.snapshot_epochs(design.hybrid.lsqml_epochs)),
+            "start": _start_settings(job, design),
+        }
+    if job.kind == "ttr":
+        return {"ttr": _ttr_config(design).model_dump(exclude={"device"})}
     if job.kind == "compare":
         return {
             "metrics": design.metrics.model_dump(exclude={"stitch_weighting"}),
             "crop_size_M": _crop(job, design),
             "stitch_weighting": _stitch_weighting(job, design),
+            "arms": list(design.arms),
         }
     return {}
 
@@ -365,10 +411,148 @@ def _run_iterative(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pr
     from ptychobench.iterative import reconstruct
 
     ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz"))
-    rec = reconstruct(ds, design.iterative_config())
+    cfg = design.iterative_config()
+    if len(job.outputs) > 1:  # the test split of a design with PtychoPINN+LSQML: the curve too
+        rec, snaps = _run_iterative_snapshots(
+            lambda stops, cb: reconstruct(ds, cfg, snapshot_epochs=stops, on_snapshot=cb),
+            cfg.epochs,
+            design,
+        )
+        _write_snapshots(snaps, stage / job.outputs[1])
+    else:
+        rec = reconstruct(ds, cfg)
     out = stage / job.outputs[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_reconstruction(rec, out)
+
+
+def _run_iterative_snapshots(rec_fn, epochs: int, design: StudyDesign):
+    """Run ``rec_fn(snapshot_epochs, on_snapshot)``; write the snapshots beside the recon."""
+    import numpy as np
+
+    stops = design.snapshot_epochs(epochs)
+    seen: list[tuple[int, float, Any]] = []
+    rec = rec_fn(stops, lambda e, sec, obj: seen.append((e, sec, obj)))
+    snaps = None
+    if stops:
+        snaps = {
+            "epochs": np.array([e for e, _, _ in seen], np.int64),
+            "seconds": np.array([sec for _, sec, _ in seen], np.float64),
+            "objects": np.stack([obj for _, _, obj in seen]).astype(np.complex64),
+        }
+    return rec, snaps
+
+
+def _write_snapshots(snaps, path: Path) -> None:
+    import numpy as np
+
+    from ptychobench.data.io import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **snaps)
+
+
+def _train_seconds(bundle: Path) -> float | None:
+    """Training wall time of a bundle: Σ of its history's per-epoch seconds."""
+    import csv
+
+    p = bundle / "history.csv"
+    if not p.exists():
+        return None
+    with p.open(newline="") as fh:
+        return float(sum(float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds")))
+
+
+def _network_recon(job: Job, design: StudyDesign, run_dir: Path, arm: str, name: str, ds, rel):
+    """Inference of a trained network arm on ``ds`` as compare stitches it (+ ``train_s``)."""
+    from ptychobench.infer import infer
+    from ptychobench.models.bundle import load_bundle
+
+    bundle = run_dir / "models" / dose_dir(job.dose) / job.view / arm
+    net, cfg = load_bundle(bundle)
+    rec = infer(
+        net,
+        ds,
+        train_stats=cfg.get("data"),
+        device=design.device,
+        crop_size_M=_crop(job, design),
+        data_source=rel,
+        arm=name,
+        neighbor_count=design.views[job.view].neighbor_count,
+        stitch_weighting=_stitch_weighting(job, design),
+        phase_sync=design.metrics.phase_sync,
+    )
+    rec.metadata["train_s"] = _train_seconds(bundle)
+    return rec
+
+
+def _start_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
+    """How the PINN's start object of PtychoPINN+LSQML is stitched (as compare stitches it)."""
+    return {
+        "crop_size_M": _crop(job, design),
+        "stitch_weighting": _stitch_weighting(job, design),
+        "phase_sync": design.metrics.phase_sync,
+        "neighbor_count": design.views[job.view].neighbor_count,
+    }
+
+
+def _ttr_config(design: StudyDesign):
+    from ptychobench.refine import TTRConfig
+
+    h = design.hybrid
+    return TTRConfig(
+        epochs=h.ttr_epochs,
+        lr=h.ttr_lr,
+        batch_size=h.ttr_batch_size,
+        max_seconds=h.ttr_max_seconds,
+        phase_sync=design.metrics.phase_sync,
+        seed=design.seeds.training,
+        device=design.device,
+    )
+
+
+def _run_hybrid_lsqml(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress):
+    from ptychobench.data.recon import write_reconstruction
+    from ptychobench.iterative import reconstruct
+
+    rel = _data(job.dose, job.view, f"{job.split}.npz")
+    ds = _load(run_dir / rel)
+    start = _network_recon(job, design, run_dir, "pinn", "PtychoPINN", ds, rel)
+    cfg = design.iterative_config().model_copy(update={"epochs": design.hybrid.lsqml_epochs})
+    rec, snaps = _run_iterative_snapshots(
+        lambda stops, cb: reconstruct(
+            ds, cfg, init_object=start, snapshot_epochs=stops, on_snapshot=cb
+        ),
+        cfg.epochs,
+        design,
+    )
+    infer_s, refine_s = float(start.metadata["seconds"]), float(rec.metadata["seconds"])
+    rec.metadata.update(
+        arm="PtychoPINN+LSQML",
+        infer_s=infer_s,
+        refine_s=refine_s,
+        seconds=infer_s + refine_s,
+        train_s=start.metadata.get("train_s"),
+    )
+    out = stage / job.outputs[0]
+    write_reconstruction(rec, out / "recon.npz")
+    if snaps is not None:
+        snaps["seconds"] = snaps["seconds"] + infer_s  # the curve starts after the inference
+        _write_snapshots(snaps, out / "snapshots.npz")
+
+
+def _run_ttr(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
+    from ptychobench.data.recon import write_reconstruction
+    from ptychobench.models.bundle import load_bundle
+    from ptychobench.refine import refine
+
+    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz"))
+    bundle = run_dir / "models" / dose_dir(job.dose) / job.view / "pinn"
+    net, _ = load_bundle(bundle)
+    res = refine(net, ds, _ttr_config(design))
+    res.reconstruction.metadata["train_s"] = _train_seconds(bundle)
+    write_reconstruction(res.reconstruction, stage / job.outputs[0] / "recon.npz")
 
 
 def _crop(job: Job, design: StudyDesign) -> int | None:
@@ -392,59 +576,106 @@ def _stitch_weighting(job: Job, design: StudyDesign) -> str:
 
 def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
     from ptychobench.data.recon import read_reconstruction
-    from ptychobench.evaluate.compare import CompareSettings, compare
-    from ptychobench.infer import infer
-    from ptychobench.models.bundle import load_bundle
+    from ptychobench.evaluate.compare import compare
 
     rel = _data(job.dose, job.view, f"{job.split}.npz")
     ds = _load(run_dir / rel)
-    spec = design.views[job.view]
     dd = dose_dir(job.dose)
+    shape = ds.objectGuess.shape if ds.objectGuess is not None else None
     arms: dict[str, Any] = {}
     for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
+        if not design.has(name):
+            continue
         try:
-            net, cfg = load_bundle(run_dir / "models" / dd / job.view / arm)
-            arms[name] = infer(
-                net,
-                ds,
-                train_stats=cfg.get("data"),
-                device=design.device,
-                crop_size_M=_crop(job, design),
-                data_source=rel,
-                arm=name,
-                neighbor_count=spec.neighbor_count,
-                stitch_weighting=_stitch_weighting(job, design),
-                phase_sync=design.metrics.phase_sync,
-            )
+            arms[name] = _network_recon(job, design, run_dir, arm, name, ds, rel)
         except Exception as exc:  # an arm that cannot run is reported, the others still scored
             log.error("%s: %s", name, exc)
             arms[name] = exc
-    try:
-        arms["PtyChi"] = read_reconstruction(
-            run_dir / "iterative" / dd / job.view / job.split / "recon.npz",
-            shape=ds.objectGuess.shape if ds.objectGuess is not None else None,
-        )
-    except Exception as exc:
-        arms["PtyChi"] = exc
-    m = design.metrics
+    files = {"PtyChi": f"iterative/{dd}/{job.view}/{job.split}/recon.npz"}
+    if job.split == "test":
+        for kind, name in (("hybrid_lsqml", "PtychoPINN+LSQML"), ("ttr", "PtychoPINN+TTR")):
+            files[name] = f"{hybrid_dir(job.dose, job.view, job.split, kind)}/recon.npz"
+    for name, path in files.items():
+        if not design.has(name):
+            continue
+        try:
+            arms[name] = read_reconstruction(run_dir / path, shape=shape)
+        except Exception as exc:
+            arms[name] = exc
+    snapshots, curve_rows = _load_snapshots(job, design, run_dir, arms)
+    out = stage / job.outputs[0]
     res = compare(
-        ds,
-        arms,
-        stage / job.outputs[0],
-        CompareSettings(
-            crop_size_M=_crop(job, design),
-            stitch_weighting=_stitch_weighting(job, design),
-            phase_sync=m.phase_sync,
-            registration=m.registration,
-            phase_align=m.phase_align,
-            ms_ssim_sigma=m.ms_ssim_sigma,
-        ),
-        data_source=rel,
+        ds, arms, out, _compare_settings(job, design), data_source=rel, snapshots=snapshots
     )
+    _write_curves(out, curve_rows, res.snapshots)
     if res.errors:
         raise JobFailed(
             "; ".join(f"{arm}: {msg}" for arm, msg in sorted(res.errors.items())) + f" (data {rel})"
         )
+
+
+def _compare_settings(job: Job, design: StudyDesign):
+    from ptychobench.evaluate.compare import CompareSettings
+
+    m = design.metrics
+    return CompareSettings(
+        crop_size_M=_crop(job, design),
+        stitch_weighting=_stitch_weighting(job, design),
+        phase_sync=m.phase_sync,
+        registration=m.registration,
+        phase_align=m.phase_align,
+        ms_ssim_sigma=m.ms_ssim_sigma,
+    )
+
+
+CURVE_CSV = "convergence.csv"
+
+
+def _load_snapshots(job: Job, design: StudyDesign, run_dir: Path, arms) -> tuple[dict, list]:
+    """The LSQML snapshots of PtyChi (from flat) and PtychoPINN+LSQML on the test split.
+
+    Returns ``({"<arm>@<epoch>": (H, W) object}, [(arm, epoch, seconds, name), ...])``.
+    """
+    import numpy as np
+
+    if job.split != "test" or not design.has("PtychoPINN+LSQML"):
+        return {}, []
+    dd = dose_dir(job.dose)
+    sources = {
+        "PtyChi": run_dir / "iterative" / dd / job.view / job.split / "snapshots.npz",
+        "PtychoPINN+LSQML": run_dir
+        / hybrid_dir(job.dose, job.view, job.split, "hybrid_lsqml")
+        / "snapshots.npz",
+    }
+    objects: dict[str, Any] = {}
+    rows: list[tuple[str, int, float, str]] = []
+    for name, path in sources.items():
+        final = arms.get(name)
+        if not path.exists() or final is None or isinstance(final, BaseException):
+            continue
+        with np.load(path, allow_pickle=False) as f:
+            epochs, seconds, objs = f["epochs"], f["seconds"], f["objects"]
+        for e, sec, obj in zip(epochs, seconds, objs, strict=True):
+            key = f"{name}@{int(e)}"
+            objects[key] = obj
+            rows.append((name, int(e), float(sec), key))
+    return objects, rows
+
+
+def _write_curves(out: Path, rows: list, scores: dict[str, tuple[float, float]]) -> None:
+    """``convergence.csv``: ``model,epoch,seconds,amplitude_ssim,phase_ssim`` per snapshot.
+
+    Seconds count from the arm's start (PtychoPINN+LSQML: including the PINN's inference); the
+    snapshots were scored on the same pixels as the arms, so the last row of an arm equals its
+    final score in ``comparison_metrics.csv``.
+    """
+    if not rows:
+        return
+    lines = ["model,epoch,seconds,amplitude_ssim,phase_ssim"]
+    for name, e, sec, key in rows:
+        amp, ph = scores.get(key, (float("nan"), float("nan")))
+        lines.append(f"{name},{e},{sec!r},{amp!r},{ph!r}")
+    (out / CURVE_CSV).write_text("\n".join(lines) + "\n")
 
 
 BODIES: dict[str, Callable[..., None]] = {
@@ -454,6 +685,8 @@ BODIES: dict[str, Callable[..., None]] = {
     "train_pinn": _run_train,
     "train_baseline": _run_train,
     "iterative": _run_iterative,
+    "hybrid_lsqml": _run_hybrid_lsqml,
+    "ttr": _run_ttr,
     "compare": _run_compare,
 }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -38,8 +39,20 @@ __all__ = ["dose_response_plot", "montage", "write_report"]
 
 ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
 #: Arms drawn with solid lines and markers; anything else (the Flat floor) is dashed.
-METHOD_ARMS = ("PtychoPINN", "Baseline", "PtyChi")
-ARM_COLORS = {"PtychoPINN": "C0", "Baseline": "C1", "PtyChi": "C2", "Flat": "0.45"}
+METHOD_ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
+ARM_COLORS = {
+    "PtychoPINN": "C0",
+    "Baseline": "C1",
+    "PtyChi": "C2",
+    "PtychoPINN+LSQML": "C3",
+    "PtychoPINN+TTR": "C4",
+    "Flat": "0.45",
+}
+#: Time budgets (seconds) of the "best arm within" table.
+COST_BUDGETS = (1.0, 10.0, 100.0)
+#: Cost rows of the per-condition cost table, in column order.
+COST_METRICS = ("computation_time_s", "train_s", "infer_s", "refine_s")
+CURVE_CSV = "convergence.csv"
 
 #: (metric, part, axis label) rows of the dose-response figure.
 DOSE_RESPONSE_ROWS = (
@@ -290,6 +303,173 @@ def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> 
         )
     _save_png(fig, Path(path))
     return fig
+
+
+def _read_curves(run_dir: Path, key: str) -> dict[str, list[tuple[float, float, int]]]:
+    """``{arm: [(seconds, phase SSIM, epoch), ...]}`` from a condition's ``convergence.csv``."""
+    text = _read_text(run_dir / "compare" / key / CURVE_CSV)
+    out: dict[str, list[tuple[float, float, int]]] = {}
+    if not text:
+        return out
+    for r in csv.DictReader(io.StringIO(text)):
+        sec, ph = _parse_float(r.get("seconds")), _parse_float(r.get("phase_ssim"))
+        if sec is not None and ph is not None and math.isfinite(sec) and math.isfinite(ph):
+            out.setdefault(str(r["model"]), []).append((sec, ph, int(float(r["epoch"]))))
+    return out
+
+
+def cost_points(rows: list[dict], run_dir: Path, key: str) -> list[tuple[str, float, float]]:
+    """Every (arm label, seconds, phase SSIM) a condition offers: each arm's final result and
+    each convergence snapshot (labelled ``arm @ N epochs``). Flat is free and left out."""
+    index = {
+        (r["model"], r["metric"]): r
+        for r in rows
+        if _cond_key(r["dose"], r["view"], r["split"]) == key
+    }
+    pts = []
+    for arm in _ordered_arms({m for m, _ in index}):
+        if arm == "Flat":
+            continue
+        sec = (index.get((arm, "computation_time_s")) or {}).get("value")
+        ph = (index.get((arm, "ssim")) or {}).get("phase")
+        if isinstance(sec, float) and isinstance(ph, float) and math.isfinite(sec + ph):
+            pts.append((arm, sec, ph))
+    for arm, curve in _read_curves(run_dir, key).items():
+        pts += [(f"{arm} @ {e} epochs", sec, ph) for sec, ph, e in curve]
+    return pts
+
+
+def best_within(
+    points: list[tuple[str, float, float]], budget_s: float
+) -> tuple[str, float, float] | None:
+    """The (arm, seconds, phase SSIM) with the best phase SSIM among ``points`` that cost at
+    most ``budget_s`` (ties: the cheaper, then the first); None when none fits."""
+    within = [p for p in points if p[1] <= budget_s]
+    return max(within, key=lambda p: (p[2], -p[1])) if within else None
+
+
+def cost_plot(run_dir: Path, rows: list[dict], conditions: list[dict], path: Path) -> Any:
+    """Phase SSIM vs seconds (log) per dose × view on the test split: a marker per arm (its
+    ``computation_time_s``), the LSQML convergence curves as lines, Flat as a dashed level."""
+    from matplotlib.figure import Figure
+
+    conds = [c for c in _conditions_from(conditions, rows) if c[2] == "test"] or [
+        (0.0, "(none)", "test")
+    ]
+    doses = sorted({c[0] for c in conds})
+    views = list(dict.fromkeys(c[1] for c in conds))
+    fig = Figure(figsize=(3.2 * len(views) + 0.4, 2.5 * len(doses) + 0.6), layout="constrained")
+    axes = fig.subplots(len(doses), len(views), squeeze=False)
+    handles: dict[str, Any] = {}
+    for i, dose in enumerate(doses):
+        for j, view in enumerate(views):
+            ax = axes[i, j]
+            key = _cond_key(dose, view, "test")
+            sub = [r for r in rows if _cond_key(r["dose"], r["view"], r["split"]) == key]
+            for arm, curve in _read_curves(run_dir, key).items():
+                (h,) = ax.plot(
+                    [c[0] for c in curve],
+                    [c[1] for c in curve],
+                    "-",
+                    color=ARM_COLORS.get(arm),
+                    linewidth=1.0,
+                    alpha=0.7,
+                )
+            for arm, sec, ph in cost_points(rows, run_dir, key):
+                if "@" in arm:
+                    continue
+                (h,) = ax.plot([sec], [ph], "o", color=ARM_COLORS.get(arm), markersize=6)
+                handles.setdefault(arm, h)
+            flat = [r.get("phase") for r in sub if r["model"] == "Flat" and r["metric"] == "ssim"]
+            if flat and isinstance(flat[0], float):
+                h = ax.axhline(flat[0], color=ARM_COLORS["Flat"], linestyle="--", linewidth=1)
+                handles.setdefault("Flat", h)
+            if ax.lines:
+                ax.set_xscale("log")
+            else:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.tick_params(labelsize=7)
+            ax.set_title(f"{_dose_label(dose)} / {view}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("phase SSIM", fontsize=8)
+            if i == len(doses) - 1:
+                ax.set_xlabel("seconds (inference + refinement)", fontsize=8)
+    if handles:
+        arms = _ordered_arms(handles)
+        fig.legend(
+            [handles[a] for a in arms], arms, loc="outside upper center", ncol=len(arms), fontsize=8
+        )
+    _save_png(fig, Path(path))
+    return fig
+
+
+def _cost_html(run_dir: Path, rows: list[dict], conds: list[tuple], png: Path) -> str:
+    keys = [(d, v, _cond_key(d, v, s)) for d, v, s in conds if s == "test"]
+    if not keys:
+        return "<p>No test-split conditions.</p>"
+    head = (
+        "<p>Quality per second on the test split. A marker per arm at its "
+        "<code>computation_time_s</code> = inference + refinement (training is amortised over "
+        "every dataset a network reconstructs, so it is listed, not added); lines: LSQML's "
+        "convergence from flat (PtyChi) and from the PINN's object (PtychoPINN+LSQML).</p>"
+        + _img(png, "quality vs seconds")
+    )
+    budget_body = []
+    for dose, view, key in keys:
+        pts = cost_points(rows, run_dir, key)
+        cells = [_td(int(float(dose))), _td_text(view)]
+        for b in COST_BUDGETS:
+            best = best_within(pts, b)
+            if best is None:
+                cells.append('<td class="na">—</td>')
+                continue
+            arm, sec, ph = best
+            cells.append(
+                f'<td class="text" data-condition="{_esc(key)}" data-budget="{b:g}" '
+                f'data-arm="{_esc(arm)}" data-value="{_esc(repr(float(ph)))}">'
+                f"{_esc(arm)}: {_esc(_fmt(ph, 3))} ({_esc(_fmt(sec, 3))} s)</td>"
+            )
+        budget_body.append("<tr>" + "".join(cells) + "</tr>")
+    out = [head, "<h3>Best arm within a time budget (phase SSIM)</h3>"]
+    out.append(_table(["dose", "view"] + [f"within {b:g} s" for b in COST_BUDGETS], budget_body))
+    index = {
+        (_cond_key(r["dose"], r["view"], r["split"]), r["model"], r["metric"]): r for r in rows
+    }
+    cost_body = []
+    for dose, view, key in keys:
+        arms = _ordered_arms({m for k, m, _ in index if k == key})
+        for arm in arms:
+            cells = [_td(int(float(dose))), _td_text(view), _td_text(arm)]
+            for metric, part in (("ssim", "phase"),) + tuple((m, "value") for m in COST_METRICS):
+                r = index.get((key, arm, metric))
+                v = r.get(part) if r else None
+                if isinstance(v, float):
+                    cells.append(
+                        f'<td data-condition="{_esc(key)}" data-model="{_esc(arm)}" '
+                        f'data-metric="{_esc(metric)}" data-part="{_esc(part)}" '
+                        f'data-value="{_esc(repr(float(v)))}">{_esc(_fmt(v))}</td>'
+                    )
+                else:
+                    cells.append('<td class="na">—</td>')
+            cost_body.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("<h3>Cost per arm (seconds)</h3>")
+    out.append(
+        _table(
+            [
+                "dose",
+                "view",
+                "arm",
+                "phase SSIM",
+                "computation",
+                "train (amortised)",
+                "infer",
+                "refine",
+            ],
+            cost_body,
+        )
+    )
+    return "\n".join(out)
 
 
 def _load_recon(npz_path: Path) -> tuple[dict[str, np.ndarray], str | None]:
@@ -876,6 +1056,10 @@ def write_report(run_dir: Path) -> list[Path]:
         montages.append((dose, p))
         written.append(p)
 
+    cost_png = analysis / "quality_vs_seconds.png"
+    cost_plot(run_dir, rows, cond_dicts, cost_png)
+    written.append(cost_png)
+
     n_cmp, missing = _compare_status(run_dir, jobs, conds)
     name = _study_name(run_dir) or run_dir.name
     montage_html = (
@@ -896,6 +1080,7 @@ def write_report(run_dir: Path) -> list[Path]:
             "<p>Metric vs dose per arm (log dose axis); dashed: Flat floor.</p>\n"
             + _img(dr, "dose response"),
         ),
+        _section("cost", "Quality per second", _cost_html(run_dir, rows, conds, cost_png)),
         _section("montages", "Reconstructions", montage_html),
         _section("timings", "Timings and memory", _timings_html(jobs)),
         _section("environment", "Environment", _environment_html(manifest.get("environment"))),
@@ -911,6 +1096,7 @@ def write_report(run_dir: Path) -> list[Path]:
                 "summary",
                 "tables",
                 "plots",
+                "cost",
                 "montages",
                 "timings",
                 "environment",

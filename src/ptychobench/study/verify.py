@@ -65,7 +65,7 @@ MANIFEST = "manifest.json"
 _EXCLUDED_FILES = frozenset({MANIFEST, INVENTORY, REPORT})
 _EXCLUDED_TOP_DIRS = frozenset({"logs", "archive"})
 #: Arms whose phase SSIM the report must show for every held-out condition.
-_REPORT_ARMS = ("PtychoPINN", "Baseline", "PtyChi")
+_REPORT_ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
 _REL_TOL = 1e-12
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 #: How many offenders a detail lists before summarising the rest as a count.
@@ -501,7 +501,13 @@ def _check_report(run_dir: Path) -> Check:
 
     problems = []
     seen: set[tuple[str, str, str, str]] = set()
+    by_condition: dict[str, list[dict]] = {}
+    for r in collect_rows(run_dir, conds):
+        by_condition.setdefault(condition_key(r["dose"], r["view"], r["split"]), []).append(r)
     for c in parser.cells:
+        if "data-budget" in c:
+            problems += _budget_cell_problems(run_dir, rel, c, by_condition)
+            continue
         ident = (
             str(c.get("data-condition")),
             str(c.get("data-model")),
@@ -549,6 +555,60 @@ def _check_report(run_dir: Path) -> Check:
     if problems:
         return False, f"{len(problems)} problems: " + _listing(problems)
     return True, f"{rel}: {len(parser.cells)} metric cells equal the comparison CSVs"
+
+
+def _budget_cell_problems(run_dir: Path, rel: str, c: dict, by_condition: dict) -> list[str]:
+    """A "best arm within B s" cell must name the best arm the CSVs allow at that budget."""
+    from ptychobench.study.report import best_within, cost_points
+
+    key = str(c.get("data-condition"))
+    label = f"{key}/within {c.get('data-budget')} s"
+    try:
+        budget = float(str(c.get("data-budget")))
+        value = float(str(c.get("data-value")))
+    except ValueError:
+        return [f"{rel}: cell {label}: expected numeric data-budget and data-value"]
+    best = best_within(cost_points(by_condition.get(key, []), run_dir, key), budget)
+    if best is None:
+        return [f"{rel}: cell {label}: expected no arm (none fits the budget), found one"]
+    arm, _, ph = best
+    if c.get("data-arm") != arm or value != ph:
+        return [
+            f"{rel}: cell {label}: expected {arm} at {ph!r} (from the comparison CSVs and "
+            f"convergence.csv), found {c.get('data-arm')} at {value!r}"
+        ]
+    return []
+
+
+def _check_costs(run_dir: Path) -> Check:
+    """``computation_time_s = infer_s + refine_s`` for every arm that reports both."""
+    conds = _conditions(_read_manifest(run_dir))
+    problems, n = [], 0
+    cost: dict[tuple[str, str], dict[str, float]] = {}
+    for r in collect_rows(run_dir, conds):
+        if r["metric"] in ("computation_time_s", "infer_s", "refine_s"):
+            k = (condition_key(r["dose"], r["view"], r["split"]), r["model"])
+            v = r["value"]
+            if isinstance(v, float) and math.isfinite(v):
+                cost.setdefault(k, {})[r["metric"]] = v
+    for (key, model), c in sorted(cost.items()):
+        if {"computation_time_s", "infer_s", "refine_s"} <= set(c):
+            n += 1
+            total = c["infer_s"] + c["refine_s"]
+            if not math.isclose(c["computation_time_s"], total, rel_tol=1e-9, abs_tol=1e-9):
+                problems.append(
+                    f"{_csv_rel_key(key)}: {model}: expected computation_time_s = infer_s + "
+                    f"refine_s = {total!r}, found {c['computation_time_s']!r}"
+                )
+            if min(c.values()) < 0:
+                problems.append(f"{_csv_rel_key(key)}: {model}: expected seconds >= 0, found {c}")
+    if problems:
+        return False, _listing(problems)
+    return True, f"{n} arm costs add up (computation = inference + refinement)"
+
+
+def _csv_rel_key(key: str) -> str:
+    return f"compare/{key}/{CSV_NAME}"
 
 
 def _check_arms(run_dir: Path) -> Check:
@@ -647,6 +707,7 @@ _CHECKS: tuple[tuple[str, Callable[[Path], Check]], ...] = (
     ("highlights agree", _check_highlights),
     ("report agrees", _check_report),
     ("no all-zero or non-finite arm", _check_arms),
+    ("costs add up", _check_costs),
     ("splits disjoint", _check_splits),
 )
 
