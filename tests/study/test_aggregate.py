@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychobench.evaluate.compare import SCALAR_ROWS, TUPLE_METRICS
+from ptychobench.evaluate.compare import METRICS, SCALAR_ROWS, TUPLE_METRICS
 from ptychobench.study.aggregate import (
     aggregate,
     collect_rows,
@@ -92,6 +92,9 @@ def write_metrics_csv(
                     "registration_offset_dy": 0.5,
                     "registration_offset_dx": -0.5,
                     "computation_time_s": seconds,
+                    "train_s": 30.0,
+                    "infer_s": seconds,
+                    "refine_s": 0.0,
                     "n_patterns": 12.0,
                 }[metric]
                 w.writerow([model, metric, "", "", "" if failed else repr(v)])
@@ -284,7 +287,7 @@ def test_compare_jobs_from_manifest_follows_planned_order(run_dir):
 def test_collect_rows_parses_numbers_and_tags_conditions(run_dir):
     rows = collect_rows(run_dir, conditions())
     # 4 conditions × 4 arms × (10 tuple + 5 scalar rows)
-    assert len(rows) == 4 * 4 * 15
+    assert len(rows) == 4 * 4 * len(METRICS)
     first = rows[0]
     assert (first["dose"], first["view"], first["split"]) == (1000.0, "dense", "train")
     assert isinstance(first["dose"], float)
@@ -428,7 +431,7 @@ def test_aggregate_writes_files_from_the_fixture(run_dir):
         "phase",
         "value",
     ]
-    assert len(long) == 4 * 4 * 15
+    assert len(long) == 4 * 4 * len(METRICS)
     times = [r for r in long if r["metric"] == "computation_time_s"]
     assert len(times) == 16 and all(float(r["value"]) == 12.5 for r in times)
     hit = [

@@ -317,6 +317,7 @@ def test_page_is_well_formed_with_all_sections(variant, request):
         "summary",
         "tables",
         "plots",
+        "cost",
         "montages",
         "timings",
         "environment",
@@ -329,6 +330,7 @@ def test_page_is_well_formed_with_all_sections(variant, request):
         analysis / "dose_response.png",
         analysis / "montage_dose_1000.png",
         analysis / "montage_dose_100000.png",
+        analysis / "quality_vs_seconds.png",
         analysis / "report.html",
     ]
     assert all(p.is_file() for p in info["paths"])
@@ -340,7 +342,8 @@ def test_images_are_embedded_decodable_pngs(variant, request):
 
     info = request.getfixturevalue(variant)
     page = _parse(info["html"])
-    assert len(page.imgs) == 1 + len(DOSES)  # dose response + one montage per dose
+    # dose response + one montage per dose + quality vs seconds
+    assert len(page.imgs) == 1 + len(DOSES) + 1
     for img in page.imgs:
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)
@@ -371,7 +374,7 @@ def test_metric_cells_carry_exact_csv_numbers(variant, request):
     page = _parse(info["html"])
     cells = {}
     for attrs, text in page.cells:
-        if "data-value" in attrs:
+        if "data-value" in attrs and "data-budget" not in attrs:
             k = (
                 attrs["data-condition"],
                 attrs["data-model"],
@@ -394,8 +397,19 @@ def test_metric_cells_carry_exact_csv_numbers(variant, request):
     # and every number cell, whatever the metric, equals its CSV number
     assert cells, "no data-value cells"
     for k, (value, text) in cells.items():
-        assert k[2] in ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
-        assert k[3] in (("value",) if k[2] == "nrmse" else ("phase", "amplitude"))
+        assert k[2] in (
+            "ssim",
+            "ms_ssim",
+            "mae",
+            "frc50",
+            "nrmse",
+            "computation_time_s",
+            "train_s",
+            "infer_s",
+            "refine_s",
+        )
+        scalar = k[2] == "nrmse" or k[2].endswith("_s")
+        assert k[3] in (("value",) if scalar else ("phase", "amplitude"))
         assert float(value) == expected[k], k
         assert value == repr(expected[k])
         assert float(text) == pytest.approx(expected[k], rel=1e-3)
@@ -405,7 +419,15 @@ def test_metric_cells_carry_exact_csv_numbers(variant, request):
         if k[2] in ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
         and (k[3] == "value") == (k[2] == "nrmse")
     )
-    assert len(cells) == n_tables
+    # + the cost table: 4 seconds per arm of each held-out condition
+    n_cost = sum(
+        1
+        for k in expected
+        if k[2] in ("computation_time_s", "train_s", "infer_s", "refine_s")
+        and k[0].endswith("/test")
+        and k[3] == "value"
+    )
+    assert len(cells) == n_tables + n_cost
 
 
 def test_failures_show_escaped_error_and_log_tail(failed_run, ok_run):

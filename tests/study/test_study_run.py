@@ -21,6 +21,7 @@ from ptychobench.study.run import StudyError, parse_only, run_study, select
 
 TINY = """\
 name = "tiny"
+arms = ["PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR"]
 doses = [1e3, 1e5]
 device = "cpu"
 num_threads = 1
@@ -48,9 +49,15 @@ loss = "mae"
 
 [iterative]
 epochs = 8
+
+[hybrid]
+lsqml_epochs = 6
+snapshot_every = 2
+ttr_epochs = 2
 """
 
 ARMS = ("PtychoPINN", "Baseline", "PtyChi")
+HYBRIDS = ("PtychoPINN+LSQML", "PtychoPINN+TTR")
 
 
 def _design():
@@ -154,6 +161,13 @@ def test_reference_run_is_complete_and_verified(reference_run):
                 assert (c / "comparison_metrics.csv").exists()
                 m = json.loads((c / "metrics.json").read_text())
                 assert set(ARMS) <= set(m["models"]) and not m["errors"]
+                # hybrids run on the held-out split only
+                assert (
+                    set(HYBRIDS) <= set(m["models"])
+                    if s == "test"
+                    else not set(HYBRIDS) & set(m["models"])
+                )
+            _check_costs_and_curves(run / "compare" / d / v / "test")
             assert (run / "models" / d / v / "pinn" / "model.pt").exists()
             assert (run / "iterative" / d / v / "test" / "recon.npz").exists()
             assert (run / "data" / d / v / "overlap_test.json").exists()
@@ -173,6 +187,43 @@ def test_reference_run_is_complete_and_verified(reference_run):
     ):
         assert (run / "analysis" / name).exists(), name
     assert not (run / ".staging").exists() or not any((run / ".staging").iterdir())
+
+
+def _check_costs_and_curves(cmp_dir: Path) -> None:
+    """Cost rows add up; each LSQML curve ends at its arm's final score, seconds rising."""
+    import csv
+
+    rows = list(csv.DictReader((cmp_dir / "comparison_metrics.csv").open()))
+    val = {(r["model"], r["metric"]): r for r in rows}
+    for arm in ARMS + HYBRIDS:
+        total = float(val[(arm, "computation_time_s")]["value"])
+        parts = float(val[(arm, "infer_s")]["value"]) + float(val[(arm, "refine_s")]["value"])
+        assert total == pytest.approx(parts, rel=1e-9) and total > 0, arm
+    assert float(val[("PtyChi", "train_s")]["value"]) == 0.0
+    for arm in ("PtychoPINN", *HYBRIDS):
+        # the same trained network behind all three: the same amortised training seconds
+        assert (
+            float(val[(arm, "train_s")]["value"])
+            == float(val[("PtychoPINN", "train_s")]["value"])
+            > 0
+        )
+    assert float(val[("PtychoPINN+LSQML", "infer_s")]["value"]) > 0
+    curve = list(csv.DictReader((cmp_dir / "convergence.csv").open()))
+    for arm in ("PtyChi", "PtychoPINN+LSQML"):
+        pts = [r for r in curve if r["model"] == arm]
+        epochs = [int(r["epoch"]) for r in pts]
+        assert epochs == sorted(epochs) and len(epochs) >= 3, arm
+        secs = [float(r["seconds"]) for r in pts]
+        assert all(b > a for a, b in zip(secs, secs[1:], strict=False)), arm
+        final = float(val[(arm, "ssim")]["phase"])
+        assert float(pts[-1]["phase_ssim"]) == pytest.approx(final, abs=1e-9), arm
+
+
+def test_report_has_the_quality_per_second_section(reference_run):
+    html = (reference_run / "analysis" / "report.html").read_text()
+    assert '<section id="cost">' in html and 'alt="quality vs seconds"' in html
+    assert html.count("data-budget=") == 4 * 3  # 2 doses × 2 views × 3 budgets
+    assert (reference_run / "analysis" / "quality_vs_seconds.png").stat().st_size > 1000
 
 
 def test_rerun_skips_everything_and_keeps_bytes(reference_run, tiny_toml):

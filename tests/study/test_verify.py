@@ -23,6 +23,7 @@ CHECK_NAMES = [
     "highlights agree",
     "report agrees",
     "no all-zero or non-finite arm",
+    "costs add up",
     "splits disjoint",
 ]
 CSV_TEST = "compare/dose_1000/dense/test/comparison_metrics.csv"
@@ -46,7 +47,7 @@ def test_good_run_is_all_valid_and_report_is_written(run):
     assert [c["name"] for c in rep["checks"]] == CHECK_NAMES
     assert invalid(rep) == set(), [c for c in rep["checks"] if not c["valid"]]
     assert rep["all_valid"] is True
-    assert (rep["n_checks"], rep["n_valid"], rep["n_invalid"]) == (10, 10, 0)
+    assert (rep["n_checks"], rep["n_valid"], rep["n_invalid"]) == (11, 11, 0)
     on_disk = json.loads((run / "analysis" / "verification_report.json").read_text())
     assert on_disk == rep
     # the bundles' SHA256SUMS were cross-checked, PNGs decoded, ...
@@ -88,6 +89,18 @@ def test_tampered_csv_number_is_caught_and_named(run):
     assert "0.2461234" in c["summary agrees with CSVs"]["detail"]  # found (summary) value
     assert CSV_TEST in c["report agrees"]["detail"]
     assert "0.2561234" in c["report agrees"]["detail"]  # expected (CSV) value
+
+
+def test_costs_that_do_not_add_up_are_named(run):
+    p = run / CSV_TEST
+    lines = p.read_text().splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("PtyChi,refine_s,"))
+    lines[i] = "PtyChi,refine_s,,,4.0"
+    p.write_text("\n".join(lines) + "\n")
+    rep = verify(run)
+    assert "costs add up" in invalid(rep)
+    detail = checks(rep)["costs add up"]["detail"]
+    assert CSV_TEST in detail and "PtyChi" in detail and "infer_s + refine_s" in detail
 
 
 def test_deleted_artifact_is_named(run):
@@ -292,7 +305,7 @@ def test_broken_run_does_not_crash(tmp_path):
     (run / "manifest.json").write_text("{ not json")
     rep = verify(run)
     assert [c["name"] for c in rep["checks"]] == CHECK_NAMES
-    assert rep["all_valid"] is False and rep["n_invalid"] == 10
+    assert rep["all_valid"] is False and rep["n_invalid"] == 11
     c = checks(rep)
     assert "analysis/artifact_inventory.txt" in c["artifact inventory"]["detail"]
     assert "JSONDecodeError" in c["planned jobs"]["detail"]

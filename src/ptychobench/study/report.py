@@ -441,7 +441,9 @@ def _cost_html(run_dir: Path, rows: list[dict], conds: list[tuple], png: Path) -
         arms = _ordered_arms({m for k, m, _ in index if k == key})
         for arm in arms:
             cells = [_td(int(float(dose))), _td_text(view), _td_text(arm)]
-            for metric, part in (("ssim", "phase"),) + tuple((m, "value") for m in COST_METRICS):
+            r = index.get((key, arm, "ssim"))
+            cells.append(_td(r.get("phase") if r else None))  # its data cell is in the tables
+            for metric, part in tuple((m, "value") for m in COST_METRICS):
                 r = index.get((key, arm, metric))
                 v = r.get(part) if r else None
                 if isinstance(v, float):
@@ -1020,8 +1022,8 @@ def write_report(run_dir: Path) -> list[Path]:
     Returns
     -------
     list of Path
-        ``analysis/dose_response.png``, ``analysis/montage_dose_<D>.png`` per dose (ascending)
-        and ``analysis/report.html``, in that order.
+        ``analysis/dose_response.png``, ``analysis/montage_dose_<D>.png`` per dose (ascending),
+        ``analysis/quality_vs_seconds.png`` and ``analysis/report.html``, in that order.
     """
     run_dir = Path(run_dir)
     analysis = run_dir / "analysis"
