@@ -477,3 +477,23 @@ def test_phase_sync_is_recorded_by_infer_and_compare(small_dataset, tiny_bundle,
     )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "metrics.json").read_text())["settings"]["phase_sync"] == 5
+
+
+def test_refine_writes_a_ttr_reconstruction_and_refuses_bad_settings(
+    small_dataset, tiny_bundle, tmp_path
+):
+    from ptychobench.data.recon import read_reconstruction
+
+    out = tmp_path / "ttr.npz"
+    r = invoke(
+        "refine", tiny_bundle, small_dataset, "--out", out, "--epochs", "1", "--device", "cpu"
+    )
+    assert r.exit_code == 0, r.output
+    assert "scan loss" in r.stdout
+    rec = read_reconstruction(out)
+    assert rec.metadata["arm"] == "PtychoPINN+TTR" and rec.metadata["epochs"] == 1
+    for option, value in (("--epochs", "0"), ("--phase-sync", "-1"), ("--lr", "-1")):
+        bad = tmp_path / f"bad{option}.npz"
+        r = invoke("refine", tiny_bundle, small_dataset, "--out", bad, option, value)
+        assert r.exit_code == 2, (option, r.output)
+        assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists()

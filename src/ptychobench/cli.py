@@ -551,6 +551,64 @@ def infer(
     _run(go)
 
 
+# ----------------------------------------------------------------------------------------- refine
+@app.command()
+def refine(
+    bundle: Annotated[Path, typer.Argument(help="Trained PtychoPINN bundle directory.")],
+    data: Annotated[Path, typer.Argument(help="Dataset to reconstruct (its diffraction only).")],
+    out: Annotated[Path, typer.Option("--out", help="Reconstruction NPZ (PtychoPINN+TTR).")],
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the patterns.")] = 5,
+    lr: Annotated[float, typer.Option("--lr", help="Adam step of the network's weights.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patterns per step.")] = 32,
+    max_seconds: Annotated[
+        float | None, typer.Option("--max-seconds", help="Stop after this many seconds.")
+    ] = None,
+    phase_sync: Annotated[
+        int, typer.Option("--phase-sync", help="Synchronisation iterations for the offsets.")
+    ] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Batch order.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Test-time refinement: fine-tune a PINN on DATA's diffraction through one global object.
+
+    Unsupervised (never reads objectGuess or Y); the bundle on disk is not changed.
+
+    Example: ptychobench refine models/pinn test.npz --out ttr.npz --epochs 5
+    """
+
+    def go():
+        from ptychobench.data.io import load
+        from ptychobench.data.recon import write_reconstruction
+        from ptychobench.models.bundle import load_bundle
+        from ptychobench.refine import TTRConfig
+        from ptychobench.refine import refine as run_refine
+
+        if out.suffix.lower() != ".npz":
+            raise CLIError(f"{out}: expected an output file ending in .npz, found {out.suffix!r}")
+        _check_phase_sync(phase_sync)
+        cfg = TTRConfig(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_seconds=max_seconds,
+            phase_sync=phase_sync,
+            seed=seed,
+            device=device,
+        )
+        net, _ = load_bundle(bundle)
+        ds = load(data)
+        res = run_refine(net, ds, cfg)
+        res.reconstruction.metadata["bundle"] = str(bundle)
+        write_reconstruction(res.reconstruction, out)
+        m = res.reconstruction.metadata
+        typer.echo(
+            f"wrote {out}: {res.epochs_run} epochs ({res.stop_reason}) in {res.seconds:.1f} s, "
+            f"scan loss {m['loss_start']:.4g} -> {m['loss_end']:.4g}"
+        )
+
+    _run(go)
+
+
 # ---------------------------------------------------------------------------------------- compare
 @app.command()
 def compare(

@@ -188,15 +188,6 @@ def _describe(a: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _frame_shape(ds: PtychoDataset) -> tuple[int, int]:
-    if ds.objectGuess is not None:
-        return tuple(ds.objectGuess.shape)
-    N = ds.N
-    return (
-        int(math.ceil(ds.ycoords.max() + N / 2)) + 1,
-        int(math.ceil(ds.xcoords.max() + N / 2)) + 1,
-    )
-
 
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -252,7 +243,7 @@ def infer(
     else:
         guard = {"inference": data_statistics(ds)}
     M = crop_size_M if crop_size_M is not None else max(2, 2 * round(N / 8))
-    shape = _frame_shape(ds)
+    shape = ds.frame_shape
     dev = _resolve_device(device)
     model = model.to(dev).eval()
     gridsize = 1 if kind == "baseline" else int(model.config.gridsize)

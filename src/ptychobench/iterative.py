@@ -175,7 +175,7 @@ def _options(
 
     opts.data_options.fft_shift = True
 
-    H, W = ds.objectGuess.shape if ds.objectGuess is not None else _frame_shape(ds)
+    H, W = ds.frame_shape
     # pty-chi wants a few pixels of slack around the outermost patches; pad the buffer by
     # BUFFER_PAD on each side and crop it off again afterwards
     p = BUFFER_PAD
@@ -226,14 +226,6 @@ def probe_photon_scale(ds: PtychoDataset) -> float:
         )
     return math.sqrt(photons / probe_energy)
 
-
-def _frame_shape(ds: PtychoDataset) -> tuple[int, int]:
-    """Object frame for data without ground truth: just large enough to hold every patch."""
-    N = ds.N
-    return (
-        int(math.ceil(ds.ycoords.max() + N / 2)) + 1,
-        int(math.ceil(ds.xcoords.max() + N / 2)) + 1,
-    )
 
 
 @contextlib.contextmanager
@@ -312,7 +304,7 @@ def reconstruct(
     if init_object is not None:
         if cfg.init_from_truth:
             raise InitObjectError("init object: expected either it or init_from_truth, found both")
-        frame = ds.objectGuess.shape if ds.objectGuess is not None else _frame_shape(ds)
+        frame = ds.frame_shape
         start = initial_object(
             init_object.reconstructed_object,
             init_object.coverage,

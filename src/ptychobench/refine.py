@@ -6,9 +6,10 @@ most its group's members, every pattern's patch enters **one global object** and
 predicted diffraction comes from that object re-extracted at its position: the whole scan's overlap
 constraint, as an iterative solver sees it.
 
-* Global object: ``O = Σ_k overlay(w·e^{iθ_k}·p_k) / Σ_k overlay(w)`` with ``w = |P|²/max|P|²`` on
-  the decoder's N/2 window (probe-weighted stitching, :mod:`ptychobench.stitch`), bilinear
-  placement; zero where ``Σ w <= MIN_WEIGHT``.
+* Global object: ``O = Σ_k overlay(w·e^{iθ_k}·p_k) / Σ_k overlay(w)`` with ``w`` the decoder's
+  N/2 window (``weighting="flat"``, the default: every pixel a patch predicts must agree with the
+  consensus) or ``|P|²/max|P|²`` on it (``"probe"``), bilinear placement; zero where
+  ``Σ w <= MIN_WEIGHT``.
 * Per-pattern phase offsets ``θ_k``: no pattern fixes the constant phase of its patch, so each is
   a free parameter, started from phase synchronisation (:func:`ptychobench.stitch.
   synchronise_phases`) of the trained network's patches.
@@ -24,7 +25,6 @@ frame, with ``Σ w`` as coverage.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from ptychobench.data.dataset import PtychoDataset
 from ptychobench.data.recon import Reconstruction
 from ptychobench.models.pinn import poisson_nll
 from ptychobench.physics import extract_patches, forward_amplitude, overlay_patches
-from ptychobench.stitch import probe_weight, synchronise_phases
+from ptychobench.stitch import probe_weight, support_window, synchronise_phases
 
 __all__ = ["ARM", "TTRConfig", "TTRResult", "refine"]
 
@@ -58,6 +58,11 @@ class TTRConfig(BaseModel):
         None, gt=0.0, description="stop after the step that passes this many seconds"
     )
     phase_sync: int = Field(20, ge=0, description="synchronisation iterations for the offsets")
+    weighting: Literal["flat", "probe"] = Field(
+        "flat",
+        description="weight of a patch pixel in the global object: flat (the decoder's N/2 "
+        "window) or probe (|P|²/max|P|² on it)",
+    )
     seed: int = Field(0, description="batch order")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -72,15 +77,6 @@ class TTRResult:
     epochs_run: int = 0
     stop_reason: str = "epochs"
 
-
-def _frame_shape(ds: PtychoDataset) -> tuple[int, int]:
-    if ds.objectGuess is not None:
-        return tuple(int(n) for n in ds.objectGuess.shape)  # the frame only, never the values
-    N = ds.N
-    return (
-        int(math.ceil(ds.ycoords.max() + N / 2)) + 1,
-        int(math.ceil(ds.xcoords.max() + N / 2)) + 1,
-    )
 
 
 def _device(name: str) -> torch.device:
@@ -168,8 +164,8 @@ def refine(model: torch.nn.Module, ds: PtychoDataset, config: TTRConfig | None =
     counts = diff.square()
     coords = torch.from_numpy(np.ascontiguousarray(ds.coords, dtype=np.float64)).to(dev)
     probe = model.probe.detach().to(torch.complex64)
-    w = probe_weight(probe, N).to(dev)
-    glob = _GlobalObject(coords, w, _frame_shape(ds))
+    w = (probe_weight(probe, N) if cfg.weighting == "probe" else support_window(N)).to(dev)
+    glob = _GlobalObject(coords, w, ds.frame_shape)
     P = diff.shape[0]
 
     t0 = time.perf_counter()
@@ -243,7 +239,7 @@ def refine(model: torch.nn.Module, ds: PtychoDataset, config: TTRConfig | None =
         "loss_end": loss_end,
         "settings": cfg.model_dump(mode="json"),
         "device": str(dev),
-        "stitch_weighting": "probe",
+        "stitch_weighting": cfg.weighting,
         "versions": {"torch": torch.__version__},
     }
     rec = Reconstruction(

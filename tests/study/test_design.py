@@ -71,7 +71,36 @@ def test_presets_phase_synchronise_network_patches_and_the_compare_key_says_so(n
     off = d.model_copy(update={"metrics": d.metrics.model_copy(update={"phase_sync": 0})})
     for a, b in zip(plan(d), plan(off), strict=True):
         changed = job_settings(a, d) != job_settings(b, off)
-        assert changed == (a.kind == "compare"), a.kind  # only the compare jobs re-run
+        # only what stitches network patches re-runs: compare, and the hybrids' PINN start
+        assert changed == (a.kind in ("compare", "hybrid_lsqml", "ttr")), a.kind
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_run_every_arm_and_the_hybrids_on_the_test_split_only(name):
+    d = load_preset(name)
+    assert d.arms == ["PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR"]
+    jobs = plan(d)
+    hybrids = [j for j in jobs if j.kind in ("hybrid_lsqml", "ttr")]
+    assert len(hybrids) == 2 * len(d.doses) * len(d.views)
+    assert {j.split for j in hybrids} == {"test"}
+    by_id = {j.id: j for j in jobs}
+    for j in hybrids:
+        assert any(by_id[x].kind == "train_pinn" for x in j.deps)
+        cmp_ = by_id[j.id.replace(j.kind, "compare", 1)]
+        assert j.id in cmp_.deps
+    # the curve of pty-chi from flat is recorded on the test split, where the hybrid runs
+    its = [j for j in jobs if j.kind == "iterative"]
+    assert all(len(j.outputs) == (2 if j.split == "test" else 1) for j in its)
+
+
+def test_a_design_without_the_hybrids_plans_what_it_did_before():
+    d = load_preset("quick")
+    plain = d.model_copy(update={"arms": ["PtychoPINN", "Baseline", "PtyChi"]})
+    kinds = {j.kind for j in plan(plain)}
+    assert not kinds & {"hybrid_lsqml", "ttr"}
+    assert all(len(j.outputs) == 1 for j in plan(plain) if j.kind == "iterative")
+    only_ptychi = d.model_copy(update={"arms": ["PtyChi"]})
+    assert not {j.kind for j in plan(only_ptychi)} & {"train_pinn", "train_baseline"}
 
 
 def test_laptop_is_the_cpu_science_preset():
@@ -118,6 +147,11 @@ def test_noise_seed_differs_per_dose_but_scan_does_not():
         ),
         ({"description": 5}, "description"),
         ({"metrics": {"phase_sync": -1}}, "metrics.phase_sync"),
+        ({"arms": ["PtychoPINN", "Magic"]}, "arms"),
+        ({"arms": ["PtyChi", "PtychoPINN+LSQML"]}, "arms"),
+        ({"arms": ["PtyChi", "PtyChi"]}, "arms"),
+        ({"arms": []}, "arms"),
+        ({"hybrid": {"lsqml_epochs": 0}}, "hybrid.lsqml_epochs"),
         ({"metrics": {"phase_sync": 2.5}}, "metrics.phase_sync"),
     ],
 )
@@ -178,6 +212,8 @@ def test_plan_shape_and_order():
         "train_pinn.dose_1000.dense",
         "train_baseline.dose_1000.dense",
         "iterative.dose_1000.dense.test",
+        "hybrid_lsqml.dose_1000.dense.test",
+        "ttr.dose_1000.dense.test",
     }
     assert c.outputs == ("compare/dose_1000/dense/test",)
     assert math.isclose(c.dose, 1000.0)

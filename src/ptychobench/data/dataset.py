@@ -70,6 +70,21 @@ class PtychoDataset:
         """(n, 2) float64 scan positions ordered (x, y)."""
         return np.stack([self.xcoords, self.ycoords], axis=-1)
 
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the object's pixel frame, where every arm's reconstruction lives.
+
+        ``objectGuess``'s shape when the data have one (its values are never needed), else just
+        large enough to hold every patch.
+        """
+        if self.objectGuess is not None:
+            return (int(self.objectGuess.shape[0]), int(self.objectGuess.shape[1]))
+        N = self.N
+        return (
+            int(math.ceil(float(self.ycoords.max()) + N / 2)) + 1,
+            int(math.ceil(float(self.xcoords.max()) + N / 2)) + 1,
+        )
+
     def copy(self) -> PtychoDataset:
         """Deep copy (arrays and metadata)."""
         return copy.deepcopy(self)
