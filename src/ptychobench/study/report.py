@@ -385,7 +385,10 @@ def cost_plot(run_dir: Path, rows: list[dict], conditions: list[dict], path: Pat
                 h = ax.axhline(flat[0], color=ARM_COLORS["Flat"], linestyle="--", linewidth=1)
                 handles.setdefault("Flat", h)
             if ax.lines:
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overprint
             else:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
             ax.grid(True, which="major", alpha=0.3)
