@@ -16,7 +16,7 @@ def sim():
         SimulationConfig(
             N=32,
             object="image:camera+astronaut",
-            object_size=96,
+            object_size=80,
             scan="raster",
             step_px=5.0,
             dose=1e4,
