@@ -396,12 +396,15 @@ class PtychoPINN(nn.Module):
         B, C, N, _ = x.shape
         if self.config.channel_mode == "shared":
             x = x.reshape(B * C, 1, N, N)
-        z = self.encoder(x)
-        amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
-        phase = math.pi * torch.tanh(self.decoder_phase(z).float())
+        amp, phase = self._heads(self.encoder(x))
         amp, phase = amp.reshape(B, C, N // 2, N // 2), phase.reshape(B, C, N // 2, N // 2)
         q = self.config.N // 4
         return F.pad(torch.polar(amp, phase), (q, q, q, q))
+
+    def _heads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent → (amplitude ``amplitude_max·sigmoid``, phase ``π·tanh``), float32, N/2 × N/2."""
+        amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
+        return amp, math.pi * torch.tanh(self.decoder_phase(z).float())
 
     def merge(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Merge a group's patches on its canvas (see :func:`merge_patches`).
@@ -579,9 +582,7 @@ class PtychoPINN(nn.Module):
             raise ValueError("decode_single needs channel_mode 'shared' (or gridsize 1)")
         P, N = diffraction.shape[0], self.config.N
         x = diffraction.reshape(P, 1, N, N) * self.config.input_scale
-        z = self.encoder(x)
-        amp = self.config.amplitude_max * torch.sigmoid(self.decoder_amplitude(z).float())
-        phase = math.pi * torch.tanh(self.decoder_phase(z).float())
+        amp, phase = self._heads(self.encoder(x))
         q = N // 4
         return F.pad(torch.polar(amp, phase), (q, q, q, q))[:, 0]
 
