@@ -58,7 +58,8 @@ def test_contract_and_metadata(pair):
     assert noisy.probeGuess.dtype == np.complex64 and noisy.objectGuess.dtype == np.complex64
     assert noisy.xcoords.dtype == np.float64 and noisy.Y.dtype == np.complex64
     m = noisy.metadata
-    assert m["dose"] == 1e3 and m["scale"] > 0 and m["seeds"] == {"simulation": 2, "noise": 3}
+    assert m["dose"] == 1e3 and m["scale"] > 0
+    assert m["seeds"] == {"simulation": 2, "scan": 2, "noise": 3}
     assert m["schema_version"] == 1 and m["transformations"] == []
     # every patch lies inside the object
     assert noisy.xcoords.min() >= 16 and noisy.xcoords.max() <= 96 - 16

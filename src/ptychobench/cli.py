@@ -839,11 +839,20 @@ def study_run(
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress display (default: on a TTY)."),
     ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            "--repeats",
+            min=1,
+            max=100,
+            help="Override the design's repeats (a different study: it gets its own run dir).",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole study (or resume it: finished jobs with unchanged inputs are skipped).
 
     Example: ptychobench study run                      (the quick preset into runs/quick)
-    Example: ptychobench study run --preset laptop             (the real study on a CPU, < 1 h)
+    Example: ptychobench study run --preset laptop --repeats 1  (the real study on a CPU, < 1 h)
     Example: ptychobench study run --preset fly64 --executor dask --workers 4
     """
 
@@ -859,6 +868,10 @@ def study_run(
 
             design = load_preset(preset)
             text = preset_text(preset)
+        if repeats is not None and repeats != design.repeats:
+            from ptychobench.study.design import with_repeats
+
+            design, text = with_repeats(design, text, repeats)
         run_dir = out if out is not None else Path("runs") / design.name
         if post_verify_only:
             rep = verify_study(run_dir)

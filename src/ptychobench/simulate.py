@@ -56,6 +56,9 @@ class SimulationConfig(BaseModel):
     dose: float = Field(1e4, gt=0.0, description="expected photons per pattern")
     noise: Literal["poisson", "none"] = "poisson"
     seed: int = Field(0, ge=0, description="seed of object and scan draws")
+    scan_seed: int | None = Field(
+        None, ge=0, description="seed of the scan draw (jitter, random/fermat) (default: seed)"
+    )
     noise_seed: int | None = Field(
         None, ge=0, description="seed of the Poisson draw (default seed+1)"
     )
@@ -73,6 +76,10 @@ class SimulationConfig(BaseModel):
         if not math.isfinite(self.dose):
             raise ValueError(f"dose: expected a finite number of photons, found {self.dose}")
         return self
+
+    @property
+    def resolved_scan_seed(self) -> int:
+        return self.seed if self.scan_seed is None else self.scan_seed
 
     @property
     def resolved_noise_seed(self) -> int:
@@ -140,7 +147,7 @@ def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDatas
         n_positions=cfg.n_positions,
         probe_diameter_px=info.effective_diameter_px,
         jitter_px=cfg.jitter_px,
-        seed=cfg.seed,
+        seed=cfg.resolved_scan_seed,
     )
     n = coords.shape[0]
     obj = torch.from_numpy(np.ascontiguousarray(obj_np, dtype=np.complex64)).to(device)
@@ -173,7 +180,11 @@ def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDatas
         "realised_mean_photons": float(photons.mean()),
         "realised_photons_std": float(photons.std()) if n > 1 else 0.0,
         "noise": cfg.noise,
-        "seeds": {"simulation": cfg.seed, "noise": cfg.resolved_noise_seed},
+        "seeds": {
+            "simulation": cfg.seed,
+            "scan": cfg.resolved_scan_seed,
+            "noise": cfg.resolved_noise_seed,
+        },
         "probe": {
             "name": cfg.probe,
             "fwhm_px": info.fwhm_px,

@@ -111,7 +111,9 @@ def compare_jobs(status: dict[str, str] | None = None) -> list[dict]:
     out = []
     for c in conditions():
         jid = f"compare.dose_{int(c['dose'])}.{c['view']}.{c['split']}"
-        out.append({"id": jid, "status": status.get(jid, "success"), **c, "error": None})
+        out.append(
+            {"id": jid, "status": status.get(jid, "success"), **c, "error": None, "repeat": 0}
+        )
     return out
 
 
@@ -291,7 +293,10 @@ def test_collect_rows_parses_numbers_and_tags_conditions(run_dir):
     first = rows[0]
     assert (first["dose"], first["view"], first["split"]) == (1000.0, "dense", "train")
     assert isinstance(first["dose"], float)
-    assert set(first) == {"dose", "view", "split", "model", "metric", "amplitude", "phase", "value"}
+    assert set(first) == {
+        "dose", "view", "split", "repeat", "model", "metric", "amplitude", "phase", "value"
+    }
+    assert {r["repeat"] for r in rows} == {0}  # a manifest without repeats: repeat 0
     by = {(r["dose"], r["split"], r["model"], r["metric"]): r for r in rows}
     r = by[(1000.0, "test", "PtychoPINN", "ssim")]
     assert r["phase"] == 0.2461234 and r["amplitude"] == 0.70 and r["value"] is None
@@ -425,6 +430,7 @@ def test_aggregate_writes_files_from_the_fixture(run_dir):
         "dose",
         "view",
         "split",
+        "repeat",
         "model",
         "metric",
         "amplitude",
@@ -467,6 +473,7 @@ def test_summary_is_byte_identical_across_runs_and_has_no_timings(run_dir):
         "metrics_summary.json",
         "metrics_summary.md",
         "deltas.json",
+        "verdict.json",
         "highlights.txt",
     }
     assert all(p.is_file() and p.parent == a for p in paths)

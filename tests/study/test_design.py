@@ -81,7 +81,7 @@ def test_presets_run_every_arm_and_the_hybrids_on_the_test_split_only(name):
     assert d.arms == ["PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR"]
     jobs = plan(d)
     hybrids = [j for j in jobs if j.kind in ("hybrid_lsqml", "ttr")]
-    assert len(hybrids) == 2 * len(d.doses) * len(d.views)
+    assert len(hybrids) == 2 * len(d.doses) * len(d.views) * d.repeats
     assert {j.split for j in hybrids} == {"test"}
     by_id = {j.id: j for j in jobs}
     for j in hybrids:

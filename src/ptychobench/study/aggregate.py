@@ -9,14 +9,20 @@ Outputs (every one written atomically, every one a pure function of the CSVs and
 statuses, so two runs of the same study give byte-identical files):
 
 ``analysis/metrics_long.csv``
-    Every CSV row with its condition: ``dose,view,split,model,metric,amplitude,phase,value``.
+    Every CSV row with its condition and repeat:
+    ``dose,view,split,repeat,model,metric,amplitude,phase,value``.
 ``analysis/metrics_summary.json``
-    Job counts, the per-condition values and the per-model aggregates over the held-out split
-    (see :func:`summarise`). No wall-clock timing appears in it.
+    Job counts, the per-condition means over repeats with their standard deviations and 95 %
+    Student-t intervals, and the per-model aggregates over the held-out split (see
+    :func:`summarise`). No wall-clock timing appears in it.
 ``analysis/metrics_summary.md``
     The same, as two short Markdown tables.
 ``analysis/deltas.json``
-    PtychoPINN minus Baseline / PtyChi mean MS-SSIM and MAE (see :func:`deltas`).
+    PtychoPINN minus Baseline / PtyChi mean MS-SSIM and MAE, and the paired differences with
+    their intervals over repeats (see :func:`deltas`).
+``analysis/verdict.json``
+    The best arm per view × dose × headline metric, its margin over the runner-up and that
+    margin's interval; "tie" where the interval contains 0 (see :func:`verdicts`).
 ``analysis/highlights.txt``
     Those deltas as exactly four fixed-format lines (see :func:`highlights_lines`).
 
@@ -37,6 +43,7 @@ from typing import Any
 
 from ptychobench.data.io import atomic_open
 from ptychobench.evaluate.compare import ARM_ORDER, TUPLE_METRICS
+from ptychobench.study.design import dose_dir
 
 __all__ = [
     "ARMS",
@@ -67,7 +74,7 @@ ARMS: tuple[str, ...] = (
 )
 
 #: Tuple metrics where a smaller value is better ("best" is then the minimum).
-LOWER_IS_BETTER = frozenset({"mae", "mse"})
+LOWER_IS_BETTER = frozenset({"mae", "mse", "nrmse"})
 
 #: Scalar rows never copied into the summary: wall-clock times differ between two runs of the
 #: same study and would break the byte-identical ``metrics_summary.json``.
@@ -85,6 +92,7 @@ LONG_COLUMNS: tuple[str, ...] = (
     "dose",
     "view",
     "split",
+    "repeat",
     "model",
     "metric",
     "amplitude",
@@ -102,7 +110,7 @@ _MD_METRICS = ("ssim", "ms_ssim", "mae", "frc50")
 # --------------------------------------------------------------------------------------------
 
 
-def compare_dir(run_dir: Path, dose: float, view: str, split: str) -> Path:
+def compare_dir(run_dir: Path, dose: float, view: str, split: str, repeat: int = 0) -> Path:
     """Directory of one condition's comparison bundle.
 
     Parameters
@@ -113,18 +121,23 @@ def compare_dir(run_dir: Path, dose: float, view: str, split: str) -> Path:
         Mean photons per pattern; the directory uses ``int(dose)`` (1e3 → ``dose_1000``).
     view, split : str
         Scan view (``"dense"``, ...) and data split (``"train"`` / ``"test"``).
+    repeat : int, default 0
+        Repeat index (0: the base seeds).
 
     Returns
     -------
     Path
-        ``RUN/compare/dose_{int(dose)}/{view}/{split}``.
+        ``RUN/compare/dose_{int(dose)}[_r{repeat}]/{view}/{split}``.
     """
-    return Path(run_dir) / "compare" / f"dose_{int(dose)}" / view / split
+    return Path(run_dir) / "compare" / condition_key(dose, view, split, repeat)
 
 
-def condition_key(dose: float, view: str, split: str) -> str:
-    """``"dose_1000/dense/test"``: the condition's path below ``compare/``, used as a dict key."""
-    return f"dose_{int(dose)}/{view}/{split}"
+def condition_key(dose: float, view: str, split: str, repeat: int = 0) -> str:
+    """``"dose_1000/dense/test"`` (repeat 1: ``"dose_1000_r1/dense/test"``): the condition's
+    path below ``compare/``, used as a dict key. Repeat 0's key is also the key of the
+    condition's mean over repeats in ``metrics_summary.json``.
+    """
+    return f"{dose_dir(dose, int(repeat))}/{view}/{split}"
 
 
 def compare_jobs_from_manifest(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -151,21 +164,28 @@ def compare_jobs_from_manifest(manifest: Mapping[str, Any]) -> list[dict[str, An
         if not isinstance(rec, Mapping) or rec.get("kind") != "compare":
             continue
         out.append(
-            {"id": jid, **{k: rec.get(k) for k in ("status", "dose", "view", "split", "error")}}
+            {
+                "id": jid,
+                **{k: rec.get(k) for k in ("status", "dose", "view", "split", "error")},
+                "repeat": int(rec.get("repeat") or 0),
+            }
         )
     return out
 
 
-def _unique_conditions(conditions: Iterable[Mapping[str, Any]]) -> list[tuple[float, str, str]]:
-    """(dose, view, split) in first-seen order, duplicates (by directory) dropped."""
+def _unique_conditions(
+    conditions: Iterable[Mapping[str, Any]],
+) -> list[tuple[float, str, str, int]]:
+    """(dose, view, split, repeat) in first-seen order, duplicates (by directory) dropped."""
     seen: set[str] = set()
-    out: list[tuple[float, str, str]] = []
+    out: list[tuple[float, str, str, int]] = []
     for c in conditions:
         dose, view, split = float(c["dose"]), str(c["view"]), str(c["split"])
-        key = condition_key(dose, view, split)
+        repeat = int(c.get("repeat") or 0)
+        key = condition_key(dose, view, split, repeat)
         if key not in seen:
             seen.add(key)
-            out.append((dose, view, split))
+            out.append((dose, view, split, repeat))
     return out
 
 
@@ -250,16 +270,17 @@ def collect_rows(run_dir: Path, conditions: list[dict]) -> list[dict]:
     Returns
     -------
     list of dict
-        Keys ``dose`` (float), ``view``, ``split``, ``model``, ``metric``, ``amplitude``,
-        ``phase``, ``value`` (see :func:`read_comparison_csv`), ordered by condition then CSV line.
+        Keys ``dose`` (float), ``view``, ``split``, ``repeat`` (int), ``model``, ``metric``,
+        ``amplitude``, ``phase``, ``value`` (see :func:`read_comparison_csv`), ordered by
+        condition then CSV line.
     """
     out: list[dict] = []
-    for dose, view, split in _unique_conditions(conditions):
-        path = compare_dir(Path(run_dir), dose, view, split) / CSV_NAME
+    for dose, view, split, repeat in _unique_conditions(conditions):
+        path = compare_dir(Path(run_dir), dose, view, split, repeat) / CSV_NAME
         if not path.is_file():
             continue
         for row in read_comparison_csv(path):
-            out.append({"dose": dose, "view": view, "split": split, **row})
+            out.append({"dose": dose, "view": view, "split": split, "repeat": repeat, **row})
     return out
 
 
@@ -295,19 +316,120 @@ def _stats(values: list[float], metric: str) -> tuple[float | None, float | None
     return mean, best
 
 
-def summarise(rows: list[dict], jobs: list[dict], aggregate_split: str = "test") -> dict:
+#: How the 95 % intervals are computed (copied into the summary and deltas).
+CI_METHOD = (
+    "95 % Student-t interval over repeats: mean ± t(0.975, n-1)·s/√n with s the sample "
+    "standard deviation (ddof = 1); none for a single repeat"
+)
+
+
+def interval(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and 95 % Student-t interval of ``values`` (repeats).
+
+    Parameters
+    ----------
+    values : sequence of float
+        One value per repeat (None and non-finite values are dropped first).
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std`` (ddof = 1), ``ci95_low``, ``ci95_high``, ``n_repeats``. With one value
+        ``std`` and the interval are None (one realisation has no spread); with none, all are None
+        and ``n_repeats`` is 0. Sums use ``math.fsum`` so the result does not depend on order.
+    """
+    v = [float(x) for x in values if isinstance(x, int | float) and math.isfinite(x)]
+    n = len(v)
+    out: dict[str, Any] = {
+        "mean": None,
+        "std": None,
+        "ci95_low": None,
+        "ci95_high": None,
+        "n_repeats": n,
+    }
+    if n == 0:
+        return out
+    mean = math.fsum(v) / n
+    out["mean"] = mean
+    if n >= 2:
+        from scipy.stats import t
+
+        std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (n - 1))
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        out.update(std=std, ci95_low=mean - half, ci95_high=mean + half)
+    return out
+
+
+def is_tie(stats: Mapping[str, Any]) -> bool | None:
+    """Whether a paired difference's interval contains 0 (None: no interval, one repeat)."""
+    lo, hi = stats.get("ci95_low"), stats.get("ci95_high")
+    if lo is None or hi is None:
+        return None
+    return lo <= 0.0 <= hi
+
+
+def _parts(metric: str) -> tuple[str, ...]:
+    return ("amplitude", "phase") if metric in TUPLE_METRICS else ("value",)
+
+
+def _cells(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    """``{(mean condition key, model, metric): {repeat: row}}`` of the metric rows."""
+    out: dict[tuple[str, str, str], dict[int, dict]] = {}
+    for r in rows:
+        if r["metric"] == "error" or r["metric"] in EXCLUDED_FROM_SUMMARY:
+            continue
+        key = condition_key(r["dose"], r["view"], r["split"])
+        out.setdefault((key, r["model"], r["metric"]), {})[int(r.get("repeat") or 0)] = r
+    return out
+
+
+def mean_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (condition, model, metric): the mean over repeats of each finite part.
+
+    Rows keep the columns of :func:`collect_rows` with ``repeat`` = 0 and the condition of
+    repeat 0; error rows of any repeat are kept (first one per condition and model). With one
+    repeat the rows are returned unchanged in value (``fsum([x]) / 1 == x``). Cost rows are
+    averaged like metrics.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        k = (float(r["dose"]), r["view"], r["split"], r["model"], r["metric"])
+        groups.setdefault(k, []).append(r)
+    out = []
+    for (dose, view, split, model, metric), rs in groups.items():
+        row: dict[str, Any] = {
+            "dose": dose, "view": view, "split": split, "repeat": 0, "model": model,
+            "metric": metric,
+        }
+        if metric == "error":
+            row.update(amplitude=None, phase=None, value=rs[0]["value"])
+        else:
+            for part in ("amplitude", "phase", "value"):
+                row[part] = interval([x[part] for x in rs if _finite(x[part])])["mean"]
+        out.append(row)
+    return out
+
+
+def summarise(
+    rows: list[dict],
+    jobs: list[dict],
+    aggregate_split: str = "test",
+    repeats: Sequence[Mapping[str, Any]] | None = None,
+) -> dict:
     """The content of ``metrics_summary.json``.
 
     Parameters
     ----------
     rows : list of dict
-        Output of :func:`collect_rows`.
+        Output of :func:`collect_rows` (every repeat).
     jobs : list of dict
         The compare jobs in planned order: ``{"id", "status", "dose", "view", "split",
-        "error"?}``.
+        "repeat"?, "error"?}``.
     aggregate_split : str, default "test"
         Only conditions of this split enter ``aggregate_metrics`` (the honest headline is the
         held-out split).
+    repeats : sequence of dict, optional
+        ``[{"repeat": r, "seeds": {...}}]`` as recorded in the manifest; copied.
 
     Returns
     -------
@@ -315,15 +437,17 @@ def summarise(rows: list[dict], jobs: list[dict], aggregate_split: str = "test")
         ``n_jobs``, ``n_success`` (compare jobs with status ``"success"``), ``n_failed`` (compare
         jobs not ``"success"`` plus successful/unplanned conditions whose CSV has an ``error``
         row; each condition counted once), ``n_arm_errors`` (number of (condition, arm) ``error``
-        rows), ``arm_errors`` (``[{"condition", "model", "error"}]``), ``jobs``
-        (``[{"id", "dose", "view", "split", "status"}]``), ``aggregate_split``,
+        rows), ``arm_errors`` (``[{"condition", "model", "error"}]``, condition with its repeat),
+        ``jobs`` (``[{"id", "dose", "view", "split", "repeat", "status"}]``), ``aggregate_split``,
         ``aggregate_conditions`` (condition keys that have rows in that split),
         ``aggregate_metrics`` (``{model: {metric: {"mean_amplitude", "mean_phase",
-        "best_amplitude", "best_phase", "n", "n_amplitude", "n_phase"}}}``, tuple metrics only;
-        best = min for mae/mse, max otherwise; missing/NaN cells skipped; ``n`` = conditions
-        with at least one finite part) and ``by_condition`` (``{"dose_1000/dense/test": {model:
-        {metric: {"amplitude", "phase"} | {"value"}}}}``). ``computation_time_s`` is left out
-        everywhere. Floats are exactly the parsed CSV values (means aside).
+        "best_amplitude", "best_phase", "n", "n_amplitude", "n_phase"}}}`` over the conditions'
+        means, tuple metrics only; best = min for mae/mse/nrmse, max otherwise; missing/NaN cells
+        skipped; ``n`` = conditions with at least one finite part), ``by_condition``
+        (``{"dose_1000/dense/test": {model: {metric: {"amplitude", "phase"} | {"value"}}}}``:
+        the mean over repeats), ``uncertainty`` (same keys, then ``{part: {"mean", "std",
+        "ci95_low", "ci95_high", "n_repeats"}}``, see :func:`interval`), ``n_repeats``,
+        ``repeats`` and ``ci_method``. Cost rows are left out everywhere.
     """
     job_list = [
         {
@@ -331,44 +455,48 @@ def summarise(rows: list[dict], jobs: list[dict], aggregate_split: str = "test")
             "dose": float(j["dose"]),
             "view": str(j["view"]),
             "split": str(j["split"]),
+            "repeat": int(j.get("repeat") or 0),
             "status": str(j["status"]),
         }
         for j in jobs
     ]
     not_ok = [j for j in job_list if j["status"] != "success"]
-    failed_keys = {condition_key(j["dose"], j["view"], j["split"]) for j in not_ok}
-    n_failed_jobs = len(not_ok)
+    failed_keys = {
+        condition_key(j["dose"], j["view"], j["split"], j["repeat"]) for j in not_ok
+    }
 
     by_condition: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    uncertainty: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     arm_errors: list[dict[str, str]] = []
-    # per model/metric: lists of finite amplitude/phase values and the number of conditions
+    for r in rows:
+        if r["metric"] == "error":
+            key = condition_key(r["dose"], r["view"], r["split"])
+            by_condition.setdefault(key, {}).setdefault(r["model"], {}).setdefault(
+                "error", {"value": str(r["value"])}
+            )
+            rkey = condition_key(r["dose"], r["view"], r["split"], int(r.get("repeat") or 0))
+            arm_errors.append({"condition": rkey, "model": r["model"], "error": str(r["value"])})
+    # per model/metric of the aggregate split: lists of finite condition means
     acc: dict[str, dict[str, dict[str, Any]]] = {}
     agg_conditions: list[str] = []
-    for r in rows:
-        key = condition_key(r["dose"], r["view"], r["split"])
-        model, metric = r["model"], r["metric"]
-        cond = by_condition.setdefault(key, {})
-        if metric == "error":
-            cond.setdefault(model, {})["error"] = {"value": str(r["value"])}
-            arm_errors.append({"condition": key, "model": model, "error": str(r["value"])})
-            continue
-        if metric in EXCLUDED_FROM_SUMMARY:
-            continue
-        if metric in TUPLE_METRICS:
-            cell = {"amplitude": _json_num(r["amplitude"]), "phase": _json_num(r["phase"])}
-        else:
-            cell = {"value": _json_num(r["value"])}
-        cond.setdefault(model, {})[metric] = cell
-        if r["split"] != aggregate_split or metric not in TUPLE_METRICS:
+    for (key, model, metric), per_repeat in _cells(rows).items():
+        reps = [per_repeat[k] for k in sorted(per_repeat)]
+        stats = {p: interval([x[p] for x in reps if _finite(x[p])]) for p in _parts(metric)}
+        by_condition.setdefault(key, {}).setdefault(model, {})[metric] = {
+            p: st["mean"] for p, st in stats.items()
+        }
+        uncertainty.setdefault(key, {}).setdefault(model, {})[metric] = stats
+        if reps[0]["split"] != aggregate_split or metric not in TUPLE_METRICS:
             continue
         if key not in agg_conditions:
             agg_conditions.append(key)
         a = acc.setdefault(model, {}).setdefault(metric, {"amp": [], "ph": [], "n": 0})
-        if _finite(r["amplitude"]):
-            a["amp"].append(r["amplitude"])
-        if _finite(r["phase"]):
-            a["ph"].append(r["phase"])
-        if _finite(r["amplitude"]) or _finite(r["phase"]):
+        amp, ph = stats["amplitude"]["mean"], stats["phase"]["mean"]
+        if amp is not None:
+            a["amp"].append(amp)
+        if ph is not None:
+            a["ph"].append(ph)
+        if amp is not None or ph is not None:
             a["n"] += 1
 
     aggregate_metrics: dict[str, dict[str, dict[str, Any]]] = {}
@@ -393,7 +521,8 @@ def summarise(rows: list[dict], jobs: list[dict], aggregate_split: str = "test")
 
     # A condition fails once: its job failed/blocked, or (job fine) an arm wrote an error row.
     error_keys = {e["condition"] for e in arm_errors}
-    n_failed = n_failed_jobs + len(error_keys - failed_keys)
+    n_failed = len(not_ok) + len(error_keys - failed_keys)
+    reps = [dict(r) for r in (repeats or [])]
     return {
         "n_jobs": len(job_list),
         "n_success": sum(1 for j in job_list if j["status"] == "success"),
@@ -405,6 +534,10 @@ def summarise(rows: list[dict], jobs: list[dict], aggregate_split: str = "test")
         "aggregate_conditions": agg_conditions,
         "aggregate_metrics": aggregate_metrics,
         "by_condition": by_condition,
+        "uncertainty": uncertainty,
+        "n_repeats": max([len(reps)] + [j["repeat"] + 1 for j in job_list]),
+        "repeats": reps,
+        "ci_method": CI_METHOD,
     }
 
 
@@ -421,20 +554,60 @@ def _mean(summary: Mapping[str, Any], model: str, metric: str, part: str) -> flo
     return v if _finite(v) else None
 
 
-def deltas(summary: dict) -> dict:
-    """PtychoPINN minus Baseline / PtyChi aggregate means (the content of ``deltas.json``).
+#: Metrics of the paired differences in ``deltas.json``.
+PAIRED_METRICS: tuple[str, ...] = ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
+#: Arms that can win a verdict (Flat, the floor, is scored but never "the method to use").
+VERDICT_ARMS: tuple[str, ...] = tuple(a for a in ARMS if a != "Flat")
+#: (metric, part, label) of the verdict grid; the first is the headline.
+VERDICT_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("ssim", "phase", "phase SSIM"),
+    ("ssim", "amplitude", "amplitude SSIM"),
+    ("ms_ssim", "phase", "phase MS-SSIM"),
+    ("frc50", "phase", "phase FRC50"),
+    ("nrmse", "value", "NRMSE"),
+)
+
+
+def _per_repeat(rows: Iterable[Mapping[str, Any]], split: str) -> dict[tuple, dict[int, dict]]:
+    """``{(dose, view, model, metric): {repeat: row}}`` of one split's metric rows."""
+    out: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        if r["split"] != split or r["metric"] == "error":
+            continue
+        k = (float(r["dose"]), r["view"], r["model"], r["metric"])
+        out.setdefault(k, {})[int(r.get("repeat") or 0)] = r
+    return out
+
+
+def _paired(a: Mapping[int, Mapping], b: Mapping[int, Mapping], part: str) -> list[float]:
+    """Per-repeat differences a − b where both repeats have a finite value (paired data)."""
+    return [
+        a[r][part] - b[r][part]
+        for r in sorted(set(a) & set(b))
+        if _finite(a[r][part]) and _finite(b[r][part])
+    ]
+
+
+def deltas(summary: dict, rows: Sequence[Mapping[str, Any]] = ()) -> dict:
+    """PtychoPINN minus the other arms (the content of ``deltas.json``).
 
     Parameters
     ----------
     summary : dict
         Output of :func:`summarise`.
+    rows : sequence of dict
+        Output of :func:`collect_rows` (every repeat): the paired differences come from them.
 
     Returns
     -------
     dict
         ``{"vs_Baseline": {"ms_ssim": {"phase", "amplitude"}, "mae": {...}}, "vs_PtyChi": {...},
-        "aggregate_split": "test", "definition": "..."}``. A delta is None where either mean is
-        missing. Positive is better for ms_ssim, negative is better for mae.
+        "aggregate_split": "test", "definition": "...", "paired": {...}}``. A mean delta is None
+        where either mean is missing; positive is better for ms_ssim, negative for mae.
+        ``paired`` holds, for every other arm and metric of :data:`PAIRED_METRICS`, the
+        interval (:func:`interval`) of the per-repeat differences PtychoPINN − arm: per
+        condition of the split (``by_condition``) and of the per-repeat mean over the split's
+        conditions (``aggregate``). Same data and seeds ⇒ paired; identical arms give [0, 0].
     """
     split = summary.get("aggregate_split", "test")
     out: dict[str, Any] = {
@@ -450,6 +623,111 @@ def deltas(summary: dict) -> dict:
                 theirs = _mean(summary, other, metric, part)
                 block[metric][part] = None if mine is None or theirs is None else mine - theirs
         out[f"vs_{other}"] = block
+    out["paired"] = _paired_deltas(rows, split)
+    return out
+
+
+def _paired_deltas(rows: Sequence[Mapping[str, Any]], split: str) -> dict[str, Any]:
+    cells = _per_repeat(rows, split)
+    models = _model_order({k[2] for k in cells})
+    conds = list(dict.fromkeys((k[0], k[1]) for k in cells))
+    by_condition: dict[str, Any] = {}
+    # per other arm / metric / part: {repeat: [differences over conditions]}
+    per_rep: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+    for dose, view in conds:
+        key = condition_key(dose, view, split)
+        mine_all = {m: cells.get((dose, view, "PtychoPINN", m)) for m in PAIRED_METRICS}
+        for other in models:
+            if other == "PtychoPINN":
+                continue
+            block: dict[str, Any] = {}
+            for metric in PAIRED_METRICS:
+                mine, theirs = mine_all[metric], cells.get((dose, view, other, metric))
+                if not mine or not theirs:
+                    continue
+                block[metric] = {}
+                for part in _parts(metric):
+                    block[metric][part] = interval(_paired(mine, theirs, part))
+                    for r in sorted(set(mine) & set(theirs)):
+                        a, b = mine[r][part], theirs[r][part]
+                        if _finite(a) and _finite(b):
+                            per_rep.setdefault((other, metric, part), {}).setdefault(
+                                r, []
+                            ).append(a - b)
+            if block:
+                by_condition.setdefault(key, {})[f"vs_{other}"] = block
+    aggregate: dict[str, Any] = {}
+    for (other, metric, part), reps in per_rep.items():
+        means = [math.fsum(v) / len(v) for _, v in sorted(reps.items())]
+        aggregate.setdefault(f"vs_{other}", {}).setdefault(metric, {})[part] = interval(means)
+    return {
+        "ci_method": CI_METHOD,
+        "definition": "per repeat: PtychoPINN minus the other arm on the same data and seeds; "
+        "aggregate: per repeat, the mean of those differences over the split's conditions",
+        "by_condition": by_condition,
+        "aggregate": aggregate,
+    }
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+    """Which arm wins each (view, dose, metric) of ``split``, by how much, how surely.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Output of :func:`collect_rows` (every repeat).
+    split : str
+        The held-out split by default.
+
+    Returns
+    -------
+    list of dict
+        One per view × dose × :data:`VERDICT_METRICS` entry (views, then doses ascending):
+        ``view``, ``dose``, ``metric``, ``part``, ``label``, ``means`` (``{arm: mean over
+        repeats}`` of the :data:`VERDICT_ARMS` with a value), ``floor`` (Flat's mean, the
+        constant-object floor, or None), ``leader`` (best mean), ``runner_up``,
+        ``margin`` (mean of the per-repeat differences leader − runner-up, signed so that
+        positive means the leader is better, also for lower-is-better metrics), ``ci95_low`` /
+        ``ci95_high`` / ``n_repeats`` (:func:`interval` of those differences), ``tie`` (the
+        interval contains 0; None with one repeat) and ``arm`` (the leader, or ``"tie"``).
+        ``leader`` is None where no arm has a value; ``runner_up`` None with a single arm.
+    """
+    cells = _per_repeat(rows, split)
+    views = list(dict.fromkeys(k[1] for k in cells))
+    doses = sorted({k[0] for k in cells})
+    out: list[dict[str, Any]] = []
+    for view in views:
+        for dose in doses:
+            for metric, part, label in VERDICT_METRICS:
+                lower = metric in LOWER_IS_BETTER
+                means: dict[str, float] = {}
+                for arm in VERDICT_ARMS:
+                    reps = cells.get((dose, view, arm, metric))
+                    if reps:
+                        m = interval([x[part] for x in reps.values()])["mean"]
+                        if m is not None:
+                            means[arm] = m
+                ranked = sorted(means, key=lambda a: (means[a] if lower else -means[a]))
+                floor = cells.get((dose, view, "Flat", metric))
+                v: dict[str, Any] = {
+                    "view": view, "dose": dose, "metric": metric, "part": part, "label": label,
+                    "means": means, "leader": ranked[0] if ranked else None,
+                    "runner_up": ranked[1] if len(ranked) > 1 else None,
+                    "floor": interval([x[part] for x in floor.values()])["mean"] if floor else None,
+                }
+                st = interval([])
+                if len(ranked) > 1:
+                    a = cells[(dose, view, ranked[0], metric)]
+                    b = cells[(dose, view, ranked[1], metric)]
+                    diffs = _paired(a, b, part)
+                    st = interval([-d for d in diffs] if lower else diffs)
+                tie = is_tie(st)
+                v.update(
+                    margin=st["mean"], ci95_low=st["ci95_low"], ci95_high=st["ci95_high"],
+                    n_repeats=st["n_repeats"], tie=tie,
+                    arm="tie" if tie else v["leader"],
+                )
+                out.append(v)
     return out
 
 
@@ -564,8 +842,13 @@ def _markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def aggregate(run_dir: Path, conditions: list[dict], jobs: list[dict]) -> list[Path]:
-    """Write the five aggregate files of ``RUN/analysis/`` atomically.
+def aggregate(
+    run_dir: Path,
+    conditions: list[dict],
+    jobs: list[dict],
+    repeats: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Path]:
+    """Write the six aggregate files of ``RUN/analysis/`` atomically.
 
     Parameters
     ----------
@@ -575,23 +858,26 @@ def aggregate(run_dir: Path, conditions: list[dict], jobs: list[dict]) -> list[P
         ``{"dose", "view", "split"}`` in study order (manifest ``"conditions"``).
     jobs : list of dict
         The compare jobs in planned order (see :func:`summarise`).
+    repeats : sequence of dict, optional
+        The manifest's ``repeats`` (seeds per repeat), copied into the summary.
 
     Returns
     -------
     list of Path
         ``metrics_long.csv``, ``metrics_summary.json``, ``metrics_summary.md``, ``deltas.json``,
-        ``highlights.txt`` (absolute paths below ``RUN/analysis``).
+        ``verdict.json``, ``highlights.txt`` (absolute paths below ``RUN/analysis``).
     """
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir, conditions)
-    summary = summarise(rows, jobs)
-    d = deltas(summary)
+    summary = summarise(rows, jobs, repeats=repeats)
+    d = deltas(summary, rows)
     analysis = run_dir / "analysis"
     texts = {
         "metrics_long.csv": _long_csv(rows),
         "metrics_summary.json": summary_json(summary),
         "metrics_summary.md": _markdown(summary),
         "deltas.json": summary_json(d),
+        "verdict.json": summary_json({"ci_method": CI_METHOD, "verdicts": verdicts(rows)}),
         "highlights.txt": "\n".join(highlights_lines(d)) + "\n",
     }
     written: list[Path] = []

@@ -12,6 +12,7 @@ in under an hour) and ``fly64`` (the full, GPU-sized study).
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from importlib import resources
@@ -32,6 +33,8 @@ __all__ = [
     "load_preset",
     "design_from_dict",
     "dose_dir",
+    "repeat_seed",
+    "with_repeats",
 ]
 
 PRESETS = ("quick", "laptop", "fly64")
@@ -86,7 +89,9 @@ class SimulationSpec(_Strict):
 
 
 class Seeds(_Strict):
-    simulation: int = Field(0, ge=0, description="object and scan draws")
+    simulation: int = Field(
+        0, ge=0, description="object and scan draws (repeats vary the scan, not the object)"
+    )
     noise: int = Field(1, ge=0, description="Poisson draw (offset by the dose index per dose)")
     grouping: int = Field(0, ge=0, description="subsampling and grouping of every view")
     training: int = Field(0, description="network init, data order, validation split")
@@ -196,6 +201,15 @@ class StudyDesign(_Strict):
         "constant-object floor, is always scored); hybrids run on the test split",
     )
     hybrid: HybridSpec = Field(default_factory=HybridSpec)
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="independent realisations of every condition: repeat r > 0 draws its scan "
+        "jitter, Poisson noise, grouping and training with seeds derived from the base seeds "
+        "(repeat_seed); the object stays the same. Means, standard deviations and 95 % "
+        "Student-t intervals over repeats go into the summary and the report",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads per job (None: torch's default)"
@@ -248,13 +262,32 @@ class StudyDesign(_Strict):
         every = self.hybrid.snapshot_every
         return tuple(sorted({*range(every, epochs + 1, every), epochs}))
 
-    def train_config(self, arm: Literal["pinn", "baseline"]) -> TrainConfig:
+    def seeds_for(self, repeat: int = 0) -> dict[str, int]:
+        """The seeds of repeat ``repeat`` (0: the base seeds; ``object`` never changes).
+
+        Keys: ``object``, ``scan``, ``noise`` (before the per-dose offset), ``grouping``,
+        ``training``.
+        """
+        s = self.seeds
+        return {
+            "object": s.simulation,
+            "scan": repeat_seed(s.simulation, repeat),
+            "noise": repeat_seed(s.noise, repeat),
+            "grouping": repeat_seed(s.grouping, repeat),
+            "training": repeat_seed(s.training, repeat),
+        }
+
+    def repeat_records(self) -> list[dict[str, Any]]:
+        """``[{"repeat": r, "seeds": seeds_for(r)}]`` for every repeat (recorded in the run)."""
+        return [{"repeat": r, "seeds": self.seeds_for(r)} for r in range(self.repeats)]
+
+    def train_config(self, arm: Literal["pinn", "baseline"], repeat: int = 0) -> TrainConfig:
         a = self.pinn if arm == "pinn" else self.baseline
         return TrainConfig(
             epochs=a.epochs,
             batch_size=a.batch_size,
             lr=a.lr,
-            seed=self.seeds.training,
+            seed=self.seeds_for(repeat)["training"],
             device=self.device,
             val_fraction=a.val_fraction,
             early_stopping_patience=a.early_stopping_patience,
@@ -275,9 +308,10 @@ class StudyDesign(_Strict):
             progress=False,
         )
 
-    def simulation_config(self, dose: float) -> Any:
+    def simulation_config(self, dose: float, repeat: int = 0) -> Any:
         from ptychobench.simulate import SimulationConfig
 
+        seeds = self.seeds_for(repeat)
         s = self.simulation.model_dump()
         spacing = {k: s.pop(k) for k in ("overlap", "step_px", "n_positions")}
         given = {k: v for k, v in spacing.items() if v is not None}
@@ -287,14 +321,27 @@ class StudyDesign(_Strict):
             **s,
             **given,
             dose=dose,
-            seed=self.seeds.simulation,
-            noise_seed=self.seeds.noise + self.doses.index(dose),
+            seed=seeds["object"],
+            # repeat 0 leaves it unset (= seed) so a one-repeat study keeps its settings
+            scan_seed=seeds["scan"] if repeat else None,
+            noise_seed=seeds["noise"] + self.doses.index(dose),
         )
 
 
-def dose_dir(dose: float) -> str:
-    """Directory name of a dose: 1e3 → ``dose_1000``."""
-    return f"dose_{int(dose)}"
+def repeat_seed(base: int, repeat: int) -> int:
+    """Seed of repeat ``repeat`` derived from ``base``: ``base`` itself for repeat 0, else a
+    32-bit draw of ``numpy.random.SeedSequence([base, repeat])`` (independent streams).
+    """
+    if repeat == 0:
+        return int(base)
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(base), int(repeat)]).generate_state(1)[0])
+
+
+def dose_dir(dose: float, repeat: int = 0) -> str:
+    """Directory name of a dose (and repeat): 1e3 → ``dose_1000``; repeat 2 → ``dose_1000_r2``."""
+    return f"dose_{int(dose)}" + (f"_r{repeat}" if repeat else "")
 
 
 def _dotted(loc: tuple) -> str:
@@ -340,6 +387,42 @@ def load_design(path: str | Path) -> StudyDesign:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DesignError(f"{p}: not valid TOML: {exc}") from None
     return design_from_dict(doc, source=str(p), base_dir=p.resolve().parent)
+
+
+def with_repeats(design: StudyDesign, text: str, repeats: int) -> tuple[StudyDesign, str]:
+    """``design`` with ``repeats`` replaced, and its TOML ``text`` saying so (the run directory's
+    study.toml must describe the study that ran): a top-level ``repeats = ...`` line is dropped
+    and ``repeats = K`` put first, with a comment. The name gets a ``-r<K>`` suffix so the
+    default run directory differs from the design's own.
+    """
+    new = design.model_copy(update={"repeats": repeats, "name": f"{design.name}-r{repeats}"})
+    new = StudyDesign.model_validate(new.model_dump())  # re-validate the bounds
+    lines, top = [], True
+    for line in text.splitlines():
+        if line.lstrip().startswith("["):
+            top = False
+        if top and line.split("=")[0].strip() in ("repeats", "name"):
+            continue
+        lines.append(line)
+    head = (
+        f"# repeats = {repeats} set by --repeats (the design said {design.repeats})\n"
+        f"repeats = {repeats}\nname = {json.dumps(new.name)}\n"
+    )
+    out = head + "\n".join(lines) + "\n"
+    try:  # the text must say the same study but for name and repeats
+        before = tomllib.loads(text)
+        after = tomllib.loads(out)
+        same = (after.get("repeats"), after.get("name")) == (repeats, new.name) and {
+            k: v for k, v in before.items() if k not in ("repeats", "name")
+        } == {k: v for k, v in after.items() if k not in ("repeats", "name")}
+    except tomllib.TOMLDecodeError:
+        same = False
+    if not same:
+        raise DesignError(
+            f"--repeats: could not rewrite the design text of {design.name!r} to repeats = "
+            f"{repeats}; set `repeats = {repeats}` in a copy of the TOML instead"
+        )
+    return new, out
 
 
 def preset_text(name: str) -> str:

@@ -72,6 +72,7 @@ class Job:
     dose: float | None = None
     view: str | None = None
     split: str | None = None
+    repeat: int = 0
 
     @property
     def final(self) -> bool:
@@ -85,107 +86,36 @@ class Job:
     def log(self) -> str:
         return f"logs/{self.id}.log"
 
+    @property
+    def dd(self) -> str:
+        """The job's dose directory (``dose_1000``, or ``dose_1000_r1`` for repeat 1)."""
+        return dose_dir(self.dose, self.repeat)
+
     def params(self) -> dict[str, Any]:
-        return {"dose": self.dose, "view": self.view, "split": self.split}
+        p = {"dose": self.dose, "view": self.view, "split": self.split}
+        # repeat 0 keeps the one-repeat record (and so its job keys) unchanged
+        return {**p, "repeat": self.repeat} if self.repeat else p
 
 
-def _data(dose: float, *rest: str) -> str:
-    return "/".join(("data", dose_dir(dose), *rest))
+def _data(dose: float, *rest: str, repeat: int = 0) -> str:
+    return "/".join(("data", dose_dir(dose, repeat), *rest))
 
 
-def hybrid_dir(dose: float, view: str, split: str, kind: str) -> str:
+def hybrid_dir(dose: float, view: str, split: str, kind: str, repeat: int = 0) -> str:
     """Run-relative directory of a hybrid arm's outputs (``recon.npz``, ``snapshots.npz``)."""
-    return f"hybrid/{dose_dir(dose)}/{view}/{split}/{kind.removeprefix('hybrid_')}"
+    return f"hybrid/{dose_dir(dose, repeat)}/{view}/{split}/{kind.removeprefix('hybrid_')}"
 
 
 def plan(design: StudyDesign) -> list[Job]:
-    """Every job of ``design`` in a topological (and deterministic) order."""
+    """Every job of ``design`` in a topological (and deterministic) order.
+
+    Each repeat of a dose is its own chain of jobs (``simulate.dose_1000_r1``, ...), so
+    repeats resume, fail and run in parallel like any other jobs.
+    """
     jobs: list[Job] = []
     for dose in design.doses:
-        dd = dose_dir(dose)
-        sim = Job(f"simulate.{dd}", "simulate", (), (_data(dose, "full.npz"),), dose)
-        spl = Job(
-            f"split.{dd}",
-            "split",
-            (sim.id,),
-            (_data(dose, "train.npz"), _data(dose, "test.npz")),
-            dose,
-        )
-        jobs += [sim, spl]
-        for view in design.views:
-            view_ids = {}
-            for split in SPLITS:
-                j = Job(
-                    f"view.{dd}.{view}.{split}",
-                    "view",
-                    (spl.id,),
-                    (_data(dose, view, f"{split}.npz"), _data(dose, view, f"overlap_{split}.json")),
-                    dose,
-                    view,
-                    split,
-                )
-                view_ids[split] = j.id
-                jobs.append(j)
-            trains = {}
-            for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
-                if not design.has(name):
-                    continue
-                j = Job(
-                    f"train_{arm}.{dd}.{view}",
-                    f"train_{arm}",
-                    (view_ids["train"],),
-                    (f"models/{dd}/{view}/{arm}",),
-                    dose,
-                    view,
-                )
-                trains[arm] = j.id
-                jobs.append(j)
-            for split in SPLITS:
-                reads = [view_ids[split], *trains.values()]
-                if design.has("PtyChi"):
-                    outputs = [f"iterative/{dd}/{view}/{split}/recon.npz"]
-                    if split == "test" and design.snapshot_epochs(design.iterative.epochs):
-                        outputs.append(f"iterative/{dd}/{view}/{split}/snapshots.npz")
-                    it = Job(
-                        f"iterative.{dd}.{view}.{split}",
-                        "iterative",
-                        (view_ids[split],),
-                        tuple(outputs),
-                        dose,
-                        view,
-                        split,
-                    )
-                    jobs.append(it)
-                    reads.append(it.id)
-                if split == "test":
-                    for kind, arm in (
-                        ("hybrid_lsqml", "PtychoPINN+LSQML"),
-                        ("ttr", "PtychoPINN+TTR"),
-                    ):
-                        if not design.has(arm):
-                            continue
-                        h = Job(
-                            f"{kind}.{dd}.{view}.{split}",
-                            kind,
-                            (view_ids[split], trains["pinn"]),
-                            (hybrid_dir(dose, view, split, kind),),
-                            dose,
-                            view,
-                            split,
-                        )
-                        jobs.append(h)
-                        reads.append(h.id)
-                jobs.append(
-                    Job(
-                        f"compare.{dd}.{view}.{split}",
-                        "compare",
-                        tuple(reads),
-                        (f"compare/{dd}/{view}/{split}",),
-                        dose,
-                        view,
-                        split,
-                    )
-                )
+        for repeat in range(design.repeats):
+            jobs += _plan_dose(design, dose, repeat)
     compares = tuple(j.id for j in jobs if j.kind == "compare")
     jobs.append(Job("aggregate", "aggregate", compares, ("analysis",)))
     jobs.append(Job("report", "report", ("aggregate",), ("analysis",)))
@@ -193,11 +123,90 @@ def plan(design: StudyDesign) -> list[Job]:
     return jobs
 
 
+def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
+    """The jobs of one dose and repeat, simulation to comparison."""
+    dd = dose_dir(dose, repeat)
+
+    def data(*rest: str) -> str:
+        return _data(dose, *rest, repeat=repeat)
+
+    def job(jid: str, kind: str, deps, outputs, view=None, split=None) -> Job:
+        return Job(jid, kind, tuple(deps), tuple(outputs), dose, view, split, repeat)
+
+    sim = job(f"simulate.{dd}", "simulate", (), (data("full.npz"),))
+    spl = job(f"split.{dd}", "split", (sim.id,), (data("train.npz"), data("test.npz")))
+    jobs = [sim, spl]
+    for view in design.views:
+        view_ids = {}
+        for split in SPLITS:
+            j = job(
+                f"view.{dd}.{view}.{split}",
+                "view",
+                (spl.id,),
+                (data(view, f"{split}.npz"), data(view, f"overlap_{split}.json")),
+                view,
+                split,
+            )
+            view_ids[split] = j.id
+            jobs.append(j)
+        trains = {}
+        for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
+            if not design.has(name):
+                continue
+            j = job(
+                f"train_{arm}.{dd}.{view}",
+                f"train_{arm}",
+                (view_ids["train"],),
+                (f"models/{dd}/{view}/{arm}",),
+                view,
+            )
+            trains[arm] = j.id
+            jobs.append(j)
+        for split in SPLITS:
+            reads = [view_ids[split], *trains.values()]
+            if design.has("PtyChi"):
+                outputs = [f"iterative/{dd}/{view}/{split}/recon.npz"]
+                if split == "test" and design.snapshot_epochs(design.iterative.epochs):
+                    outputs.append(f"iterative/{dd}/{view}/{split}/snapshots.npz")
+                it = job(
+                    f"iterative.{dd}.{view}.{split}", "iterative", (view_ids[split],), outputs,
+                    view, split,
+                )
+                jobs.append(it)
+                reads.append(it.id)
+            if split == "test":
+                for kind, arm in (("hybrid_lsqml", "PtychoPINN+LSQML"), ("ttr", "PtychoPINN+TTR")):
+                    if not design.has(arm):
+                        continue
+                    h = job(
+                        f"{kind}.{dd}.{view}.{split}",
+                        kind,
+                        (view_ids[split], trains["pinn"]),
+                        (hybrid_dir(dose, view, split, kind, repeat),),
+                        view,
+                        split,
+                    )
+                    jobs.append(h)
+                    reads.append(h.id)
+            jobs.append(
+                job(
+                    f"compare.{dd}.{view}.{split}",
+                    "compare",
+                    reads,
+                    (f"compare/{dd}/{view}/{split}",),
+                    view,
+                    split,
+                )
+            )
+    return jobs
+
+
 def conditions(design: StudyDesign) -> list[dict[str, Any]]:
-    """The (dose, view, split) comparisons of ``design`` in planned order."""
+    """The (dose, view, split, repeat) comparisons of ``design`` in planned order."""
     return [
-        {"dose": d, "view": v, "split": s}
+        {"dose": d, "view": v, "split": s, "repeat": r}
         for d in design.doses
+        for r in range(design.repeats)
         for v in design.views
         for s in SPLITS
     ]
@@ -206,20 +215,22 @@ def conditions(design: StudyDesign) -> list[dict[str, Any]]:
 def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     """The part of ``design`` that determines ``job``'s output (JSON-able)."""
     if job.kind == "simulate":
-        return design.simulation_config(job.dose).model_dump()
+        return design.simulation_config(job.dose, job.repeat).model_dump()
     if job.kind == "split":
         return design.split.model_dump()
     if job.kind == "view":
         # the stitch weighting only matters to compare (its key has the resolved value)
         view = design.views[job.view].model_dump(exclude={"stitch_weighting"})
-        return {**view, "seed": design.seeds.grouping}
+        return {**view, "seed": design.seeds_for(job.repeat)["grouping"]}
     if job.kind in ("train_pinn", "train_baseline"):
         arm = job.kind.removeprefix("train_")
         # merge_weighting is the PINN's gs2 merge: the baseline and gs1 ignore it
         ignored = set() if _merge_weighting(job, design) else {"merge_weighting"}
         return {
             "arm": getattr(design, arm).model_dump(exclude=ignored),
-            "train": design.train_config(arm).model_dump(exclude={"log_every_s", "device"}),
+            "train": design.train_config(arm, job.repeat).model_dump(
+                exclude={"log_every_s", "device"}
+            ),
             "gridsize": design.views[job.view].gridsize,
             "neighbor_count": design.views[job.view].neighbor_count,
             "num_threads": design.num_threads,
@@ -237,7 +248,7 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
             "start": _start_settings(job, design),
         }
     if job.kind == "ttr":
-        return {"ttr": _ttr_config(design).model_dump(exclude={"device"})}
+        return {"ttr": _ttr_config(design, job.repeat).model_dump(exclude={"device"})}
     if job.kind == "compare":
         return {
             "metrics": design.metrics.model_dump(exclude={"stitch_weighting"}),
@@ -338,14 +349,14 @@ def _save(ds, path: Path) -> None:
 def _run_simulate(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
     from ptychobench.simulate import simulate
 
-    ds = simulate(design.simulation_config(job.dose))
+    ds = simulate(design.simulation_config(job.dose, job.repeat))
     _save(ds, stage / job.outputs[0])
 
 
 def _run_split(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
     from ptychobench.data.split import split
 
-    full = _load(run_dir / _data(job.dose, "full.npz"))
+    full = _load(run_dir / _data(job.dose, "full.npz", repeat=job.repeat))
     train, test = split(full, axis=design.split.axis, fraction=design.split.fraction)
     _save(train, stage / job.outputs[0])
     _save(test, stage / job.outputs[1])
@@ -357,14 +368,14 @@ def _run_view(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progres
     from ptychobench.physics.probes import probe_info
 
     spec = design.views[job.view]
-    ds = _load(run_dir / _data(job.dose, f"{job.split}.npz"))
+    ds = _load(run_dir / _data(job.dose, f"{job.split}.npz", repeat=job.repeat))
     v = make_view(
         ds,
         spec.gridsize,
         s_img=spec.s_img,
         n_groups=spec.n_groups,
         neighbor_count=spec.neighbor_count,
-        seed=design.seeds.grouping,
+        seed=design.seeds_for(job.repeat)["grouping"],
     )
     v.metadata["view_name"] = job.view
     _save(v, stage / job.outputs[0])
@@ -381,7 +392,7 @@ def _run_train(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progre
     arm = job.kind.removeprefix("train_")
     spec = design.views[job.view]
     settings = getattr(design, arm)
-    rel = _data(job.dose, job.view, "train.npz")
+    rel = _data(job.dose, job.view, "train.npz", repeat=job.repeat)
     ds = _load(run_dir / rel)
     out = stage / job.outputs[0]
     resume = (out / "checkpoint.pt").exists()
@@ -392,7 +403,7 @@ def _run_train(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progre
         arm,
         out,
         gridsize=spec.gridsize,
-        train_config=design.train_config(arm),
+        train_config=design.train_config(arm, job.repeat),
         n_filters_scale=settings.n_filters_scale,
         loss=settings.loss,
         neighbor_count=spec.neighbor_count,
@@ -410,7 +421,7 @@ def _run_iterative(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pr
     from ptychobench.data.recon import write_reconstruction
     from ptychobench.iterative import reconstruct
 
-    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz"))
+    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat))
     cfg = design.iterative_config()
     if len(job.outputs) > 1:  # the test split of a design with PtychoPINN+LSQML: the curve too
         rec, snaps = _run_iterative_snapshots(
@@ -469,7 +480,7 @@ def _network_recon(job: Job, design: StudyDesign, run_dir: Path, arm: str, name:
     from ptychobench.infer import infer
     from ptychobench.models.bundle import load_bundle
 
-    bundle = run_dir / "models" / dose_dir(job.dose) / job.view / arm
+    bundle = run_dir / "models" / job.dd / job.view / arm
     net, cfg = load_bundle(bundle)
     rec = infer(
         net,
@@ -497,7 +508,7 @@ def _start_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     }
 
 
-def _ttr_config(design: StudyDesign):
+def _ttr_config(design: StudyDesign, repeat: int = 0):
     from ptychobench.refine import TTRConfig
 
     h = design.hybrid
@@ -507,7 +518,7 @@ def _ttr_config(design: StudyDesign):
         batch_size=h.ttr_batch_size,
         max_seconds=h.ttr_max_seconds,
         phase_sync=design.metrics.phase_sync,
-        seed=design.seeds.training,
+        seed=design.seeds_for(repeat)["training"],
         device=design.device,
     )
 
@@ -516,7 +527,7 @@ def _run_hybrid_lsqml(job: Job, design: StudyDesign, run_dir: Path, stage: Path,
     from ptychobench.data.recon import write_reconstruction
     from ptychobench.iterative import reconstruct
 
-    rel = _data(job.dose, job.view, f"{job.split}.npz")
+    rel = _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat)
     ds = _load(run_dir / rel)
     start = _network_recon(job, design, run_dir, "pinn", "PtychoPINN", ds, rel)
     cfg = design.iterative_config().model_copy(update={"epochs": design.hybrid.lsqml_epochs})
@@ -547,10 +558,10 @@ def _run_ttr(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress
     from ptychobench.models.bundle import load_bundle
     from ptychobench.refine import refine
 
-    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz"))
-    bundle = run_dir / "models" / dose_dir(job.dose) / job.view / "pinn"
+    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat))
+    bundle = run_dir / "models" / job.dd / job.view / "pinn"
     net, _ = load_bundle(bundle)
-    res = refine(net, ds, _ttr_config(design))
+    res = refine(net, ds, _ttr_config(design, job.repeat))
     res.reconstruction.metadata["train_s"] = _train_seconds(bundle)
     write_reconstruction(res.reconstruction, stage / job.outputs[0] / "recon.npz")
 
@@ -578,9 +589,9 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
     from ptychobench.data.recon import read_reconstruction
     from ptychobench.evaluate.compare import compare
 
-    rel = _data(job.dose, job.view, f"{job.split}.npz")
+    rel = _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat)
     ds = _load(run_dir / rel)
-    dd = dose_dir(job.dose)
+    dd = job.dd
     shape = ds.objectGuess.shape if ds.objectGuess is not None else None
     arms: dict[str, Any] = {}
     for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
@@ -594,7 +605,7 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
     files = {"PtyChi": f"iterative/{dd}/{job.view}/{job.split}/recon.npz"}
     if job.split == "test":
         for kind, name in (("hybrid_lsqml", "PtychoPINN+LSQML"), ("ttr", "PtychoPINN+TTR")):
-            files[name] = f"{hybrid_dir(job.dose, job.view, job.split, kind)}/recon.npz"
+            files[name] = f"{hybrid_dir(job.dose, job.view, job.split, kind, job.repeat)}/recon.npz"
     for name, path in files.items():
         if not design.has(name):
             continue
@@ -640,11 +651,11 @@ def _load_snapshots(job: Job, design: StudyDesign, run_dir: Path, arms) -> tuple
 
     if job.split != "test" or not design.has("PtychoPINN+LSQML"):
         return {}, []
-    dd = dose_dir(job.dose)
+    dd = job.dd
     sources = {
         "PtyChi": run_dir / "iterative" / dd / job.view / job.split / "snapshots.npz",
         "PtychoPINN+LSQML": run_dir
-        / hybrid_dir(job.dose, job.view, job.split, "hybrid_lsqml")
+        / hybrid_dir(job.dose, job.view, job.split, "hybrid_lsqml", job.repeat)
         / "snapshots.npz",
     }
     objects: dict[str, Any] = {}

@@ -7,16 +7,25 @@
     RUN/compare/dose_<D>/<view>/<split>/{comparison_metrics.csv, reconstructions.npz}
     RUN/analysis/{metrics_long.csv, metrics_summary.json, highlights.txt, deltas.json}
 
-and writes ``RUN/analysis/dose_response.png``, ``RUN/analysis/montage_dose_<D>.png`` (one per
-dose) and ``RUN/analysis/report.html``.
+and writes ``RUN/analysis/headline_dose_response.png``, ``RUN/analysis/dose_response.png``,
+``RUN/analysis/montage_dose_<D>.png`` (one per dose), ``RUN/analysis/quality_vs_seconds.png`` and
+``RUN/analysis/report.html``.
 
-The page has no external resources (PNGs are embedded as ``data:`` URIs, CSS is inline, no
-script) and nothing time-dependent, so regenerating it from the same inputs gives identical bytes.
+The page is rendered from the Jinja2 template ``ptychobench/study/templates/report.html.j2``
+(autoescaping on): it opens with the verdict (one sentence per view, the verdict grid
+``<table id="verdict">`` with a metric selector, the test-split dose response with 95 % bands
+over repeats); the design, overlap tables, per-condition tables, montages, timings and
+environment follow, collapsed in ``<details>``. It has no external resources (PNGs are embedded
+as ``data:`` URIs, CSS and a few lines of JS are inline) and nothing time-dependent, so
+regenerating it from the same inputs gives identical bytes.
 
 Verifier contract: every metric number taken from ``metrics_long.csv`` into the ``tables``
 section is a ``<td>`` carrying ``data-condition="dose_<D>/<view>/<split>"``, ``data-model``,
 ``data-metric``, ``data-part`` (``phase``, ``amplitude`` or ``value``) and ``data-value`` =
-``repr(float)`` of the parsed CSV number, so ``float(data-value)`` equals the CSV float exactly.
+``repr(float)`` of the mean over repeats of the parsed CSV numbers (the CSV float itself with one
+repeat). Every verdict-grid cell carries ``data-view``, ``data-dose`` (``repr(float)``),
+``data-metric``, ``data-part``, ``data-arm`` (the winner or ``tie``) and ``data-margin``
+(``repr(float)`` of the paired margin, empty when there is none).
 """
 
 from __future__ import annotations
@@ -34,8 +43,15 @@ from typing import Any
 import numpy as np
 
 from ptychobench.data.io import atomic_open
+from ptychobench.study.aggregate import (
+    LOWER_IS_BETTER,
+    VERDICT_METRICS,
+    interval,
+    mean_rows,
+    verdicts,
+)
 
-__all__ = ["dose_response_plot", "montage", "write_report"]
+__all__ = ["dose_response_plot", "headline_plot", "montage", "verdict_view", "write_report"]
 
 ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
 #: Arms drawn with solid lines and markers; anything else (the Flat floor) is dashed.
@@ -140,7 +156,8 @@ def _read_text(path: Path) -> str | None:
 
 
 def _read_metrics_long(path: Path) -> list[dict[str, Any]]:
-    """Parse ``metrics_long.csv`` (``dose,view,split,model,metric,amplitude,phase,value``).
+    """Parse ``metrics_long.csv`` (``dose,view,split,repeat,model,metric,amplitude,phase,value``;
+    a file without the ``repeat`` column reads as repeat 0).
 
     Kept local (not imported from the aggregate module) so the report only depends on the file
     format. Numbers become floats, empty cells None; ``value`` stays a string where it is not a
@@ -160,11 +177,13 @@ def _read_metrics_long(path: Path) -> list[dict[str, Any]]:
             value: float | str | None = _parse_float(raw_value)
             if value is None and raw_value.strip():
                 value = raw_value
+            repeat = _parse_float(rec.get("repeat"))
             rows.append(
                 {
                     "dose": dose,
                     "view": rec.get("view") or "",
                     "split": rec.get("split") or "",
+                    "repeat": int(repeat) if repeat is not None else 0,
                     "model": rec.get("model") or "",
                     "metric": rec.get("metric") or "",
                     "amplitude": _parse_float(rec.get("amplitude")),
@@ -218,61 +237,53 @@ def _save_png(fig: Any, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> Any:
-    """Metric vs dose (log x) per arm: one column per (view, split), one row per metric.
-
-    Rows: phase SSIM, phase MS-SSIM, phase FRC50, amplitude SSIM. PtychoPINN, Baseline and
-    PtyChi are solid lines with markers; the Flat floor (and any other arm) is dashed. A dose
-    where an arm has no finite number is left out of that arm's line.
-
-    Parameters
-    ----------
-    rows : list of dict
-        Parsed ``metrics_long.csv`` rows (keys ``dose, view, split, model, metric, amplitude,
-        phase, value``).
-    path : Path
-        Destination PNG (written atomically; deterministic bytes).
-    conditions : list of dict
-        ``{"dose", "view", "split"}`` entries; their (view, split) pairs, in order of first
-        appearance, define the columns (pairs present only in ``rows`` are appended).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The (already saved) figure, for inspection: ``len(fig.axes)`` is
-        ``len(DOSE_RESPONSE_ROWS) * n_columns`` (one panel per (view, split) and metric).
-    """
-    from matplotlib.figure import Figure
-
-    pairs: list[tuple[str, str]] = []
-    for _, view, split in _conditions_from(conditions, rows):
-        if (view, split) not in pairs:
-            pairs.append((view, split))
-    if not pairs:
-        pairs = [("(none)", "(none)")]
-    # (view, split, metric, part) -> model -> {dose: y}
-    series: dict[tuple, dict[str, dict[float, float]]] = {}
+def _series(rows: Sequence[dict], metric_rows) -> dict[tuple, dict[str, dict[float, dict]]]:
+    """``{(view, split, metric, part): {model: {dose: interval over repeats}}}``."""
+    values: dict[tuple, dict[str, dict[float, list[float]]]] = {}
     for r in rows:
-        for metric, part, _ in DOSE_RESPONSE_ROWS:
+        for metric, part, _ in metric_rows:
             if r["metric"] != metric:
                 continue
             y = r.get(part)
             if isinstance(y, float) and math.isfinite(y):
                 key = (r["view"], r["split"], metric, part)
-                series.setdefault(key, {}).setdefault(r["model"], {})[float(r["dose"])] = y
-    n_rows, n_cols = len(DOSE_RESPONSE_ROWS), len(pairs)
-    fig = Figure(figsize=(3.2 * n_cols + 0.4, 2.4 * n_rows + 0.6), layout="constrained")
+                per = values.setdefault(key, {}).setdefault(r["model"], {})
+                per.setdefault(float(r["dose"]), []).append(y)
+    return {
+        k: {m: {d: interval(v) for d, v in doses.items()} for m, doses in by_model.items()}
+        for k, by_model in values.items()
+    }
+
+
+def _dose_response(
+    rows: Sequence[dict],
+    path: Path,
+    pairs: list[tuple[str, str]],
+    metric_rows: Sequence[tuple[str, str, str]],
+    panel: tuple[float, float],
+) -> Any:
+    """One panel per (metric row, (view, split) column); mean line and 95 % band per arm."""
+    from matplotlib.figure import Figure
+
+    if not pairs:
+        pairs = [("(none)", "(none)")]
+    series = _series(rows, metric_rows)
+    n_rows, n_cols = len(metric_rows), len(pairs)
+    fig = Figure(
+        figsize=(panel[0] * n_cols + 0.4, panel[1] * n_rows + 0.6), layout="constrained"
+    )
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     handles: dict[str, Any] = {}
     for c, (view, split) in enumerate(pairs):
-        for r_i, (metric, part, label) in enumerate(DOSE_RESPONSE_ROWS):
+        for r_i, (metric, part, label) in enumerate(metric_rows):
             ax = axes[r_i, c]
             data = series.get((view, split, metric, part), {})
             for arm in _ordered_arms(data):
                 pts = sorted(data[arm].items())
                 xs = [p[0] for p in pts]
-                ys = [p[1] for p in pts]
+                ys = [p[1]["mean"] for p in pts]
                 solid = arm in METHOD_ARMS
+                color = ARM_COLORS.get(arm)
                 (line,) = ax.plot(
                     xs,
                     ys,
@@ -280,9 +291,20 @@ def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> 
                     marker="o" if solid else None,
                     markersize=4,
                     linewidth=1.5 if solid else 1.2,
-                    color=ARM_COLORS.get(arm),
+                    color=color,
                     label=arm,
                 )
+                band = [(x, p["ci95_low"], p["ci95_high"]) for x, p in pts]
+                band = [b for b in band if b[1] is not None]
+                if band:
+                    ax.fill_between(
+                        [b[0] for b in band],
+                        [b[1] for b in band],
+                        [b[2] for b in band],
+                        color=color,
+                        alpha=0.18,
+                        linewidth=0,
+                    )
                 handles.setdefault(arm, line)
             if not data:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -299,10 +321,60 @@ def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> 
     if handles:
         arms = _ordered_arms(handles)
         fig.legend(
-            [handles[a] for a in arms], arms, loc="outside upper center", ncol=len(arms), fontsize=8
+            [handles[a] for a in arms],
+            arms,
+            loc="outside upper center",
+            ncol=min(len(arms), 3 if n_cols < 3 else 6),
+            fontsize=8,
         )
     _save_png(fig, Path(path))
     return fig
+
+
+def _pairs(conditions: Sequence[dict], rows: Sequence[dict], split: str | None = None) -> list:
+    pairs: list[tuple[str, str]] = []
+    for _, view, sp in _conditions_from(conditions, rows):
+        if (view, sp) not in pairs and (split is None or sp == split):
+            pairs.append((view, sp))
+    return pairs
+
+
+def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> Any:
+    """Metric vs dose (log x) per arm: one column per (view, split), one row per metric.
+
+    Rows: phase SSIM, phase MS-SSIM, phase FRC50, amplitude SSIM. PtychoPINN, Baseline and
+    PtyChi are solid lines with markers; the Flat floor (and any other arm) is dashed. Each line
+    is the mean over repeats, with a shaded 95 % Student-t band where there are two or more. A
+    dose where an arm has no finite number is left out of that arm's line.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Parsed ``metrics_long.csv`` rows (keys ``dose, view, split, repeat, model, metric,
+        amplitude, phase, value``), every repeat.
+    path : Path
+        Destination PNG (written atomically; deterministic bytes).
+    conditions : list of dict
+        ``{"dose", "view", "split"}`` entries; their (view, split) pairs, in order of first
+        appearance, define the columns (pairs present only in ``rows`` are appended).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The (already saved) figure, for inspection: ``len(fig.axes)`` is
+        ``len(DOSE_RESPONSE_ROWS) * n_columns`` (one panel per (view, split) and metric).
+    """
+    return _dose_response(
+        rows, path, _pairs(conditions, rows), DOSE_RESPONSE_ROWS, panel=(3.2, 2.4)
+    )
+
+
+def headline_plot(rows: list[dict], path: Path, conditions: list[dict]) -> Any:
+    """The first screen's figure: test-split phase SSIM vs dose, one panel per view, with the
+    95 % band over repeats (see :func:`dose_response_plot`)."""
+    return _dose_response(
+        rows, path, _pairs(conditions, rows, "test"), VERDICT_METRICS[:1], panel=(3.0, 2.3)
+    )
 
 
 def _read_curves(run_dir: Path, key: str) -> dict[str, list[tuple[float, float, int]]]:
@@ -605,25 +677,6 @@ def montage(
 # HTML
 # --------------------------------------------------------------------------------------------
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;
-max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;
-margin-top:1.8em}h3{margin-top:1.2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right}
-th{background:#f2f2f2}td.text,th.text{text-align:left}
-td.best{font-weight:bold;background:#e8f4e8}td.fail{color:#a00;text-align:center}
-td.na{color:#999;text-align:center}
-pre{background:#f7f7f7;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:.8em;
-white-space:pre-wrap}
-img{max-width:100%;height:auto;border:1px solid #ddd}
-.ok{color:#060;font-weight:bold}.bad{color:#a00;font-weight:bold}
-#purpose{background:#fff6d6;border-left:4px solid #c90;padding:.5em .8em;font-size:1.05em}
-nav a{margin-right:.8em}
-""".strip()
-
-
 def _table(header: Sequence[str], body: Sequence[str], cls: str = "") -> str:
     """``<table>`` with escaped header texts and pre-rendered ``<tr>`` body rows."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
@@ -652,10 +705,6 @@ def _img(png: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
 
 
-def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{_esc(sid)}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
-
-
 def _design_key(run_dir: Path, key: str) -> str | None:
     """A top-level string of study.toml (``name``, ``description``), if it parses."""
     import tomllib
@@ -671,12 +720,6 @@ def _design_key(run_dir: Path, key: str) -> str | None:
 def _study_name(run_dir: Path) -> str | None:
     """The design's ``name`` from study.toml, if it parses (the page title only)."""
     return _design_key(run_dir, "name")
-
-
-def _purpose_html(run_dir: Path) -> str:
-    """The design's ``description``, in words, right under the title (empty if none)."""
-    text = _design_key(run_dir, "description")
-    return f'<p id="purpose">{_esc(text.strip())}</p>\n' if text and text.strip() else ""
 
 
 def _design_html(run_dir: Path) -> str:
@@ -720,39 +763,6 @@ def _overlap_html(run_dir: Path, conds: list[tuple]) -> str:
         "diameter D).</p>"
     )
     return note + _table(header, body)
-
-
-def _json_block_html(obj: Any) -> str:
-    """Render arbitrary JSON readably: flat record lists as tables, anything else as text.
-
-    ``deltas.json`` belongs to the aggregate step; its layout is not fixed here, so the report
-    shows what it finds rather than assuming keys.
-    """
-
-    def flat_records(x: Any) -> bool:
-        return (
-            isinstance(x, list)
-            and bool(x)
-            and all(isinstance(e, dict) for e in x)
-            and all(not isinstance(v, dict | list) for e in x for v in e.values())
-        )
-
-    def records_table(recs: list[dict]) -> str:
-        keys = list(dict.fromkeys(k for e in recs for k in e))
-        body = []
-        for e in recs:
-            cells = []
-            for k in keys:
-                v = e.get(k)
-                cells.append(_td_text(v) if isinstance(v, str) else _td(v))
-            body.append("<tr>" + "".join(cells) + "</tr>")
-        return _table(keys, body)
-
-    if flat_records(obj):
-        return records_table(obj)
-    if isinstance(obj, dict) and obj and all(flat_records(v) for v in obj.values()):
-        return "\n".join(f"<h4>{_esc(k)}</h4>\n{records_table(v)}" for k, v in obj.items())
-    return f"<pre>{_esc(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))}</pre>"
 
 
 def _summary_html(run_dir: Path, summary: Any) -> str:
@@ -803,9 +813,8 @@ def _summary_html(run_dir: Path, summary: Any) -> str:
         out.append(_table(header, body))
     else:
         out.append("<p>metrics_summary.json has no aggregate metrics.</p>")
-    deltas = _read_json(run_dir / "analysis" / "deltas.json")
-    out.append("<h3>Paired differences (deltas.json)</h3>")
-    out.append("<p>deltas.json is missing.</p>" if deltas is None else _json_block_html(deltas))
+    out.append("<h3>Paired differences</h3>")
+    out.append(_paired_html(_read_json(run_dir / "analysis" / "deltas.json")))
     return "\n".join(out)
 
 
@@ -960,7 +969,10 @@ def _failures_html(
         out.append("<h3>Arms that could not be scored</h3>")
         body = [
             "<tr>"
-            + _td_text(_cond_key(r["dose"], r["view"], r["split"]))
+            + _td_text(
+                _cond_key(r["dose"], r["view"], r["split"])
+                + (f" (repeat {r['repeat']})" if r.get("repeat") else "")
+            )
             + _td_text(r["model"])
             + _td_text(r["value"])
             + "</tr>"
@@ -973,20 +985,30 @@ def _failures_html(
 def _compare_status(
     run_dir: Path, jobs: dict[str, dict], conds: list[tuple]
 ) -> tuple[int, list[str]]:
-    """(number of conditions, keys of those without a successful comparison)."""
-    compare_jobs = {}
+    """(number of comparisons, keys of those without a successful comparison), every repeat
+    counted (a condition without compare jobs in the manifest counts as its repeat 0)."""
+    from ptychobench.study.aggregate import condition_key
+
+    compare_jobs: dict[str, dict] = {}
+    repeats: dict[str, list[int]] = {}
     for job in jobs.values():
         if job.get("kind") == "compare" and job.get("dose") is not None:
-            compare_jobs[_cond_key(job["dose"], job.get("view"), job.get("split"))] = job
-    missing = []
+            r = int(job.get("repeat") or 0)
+            k = condition_key(job["dose"], job.get("view"), job.get("split"), r)
+            compare_jobs[k] = job
+            repeats.setdefault(_cond_key(job["dose"], job.get("view"), job.get("split")), [])
+            repeats[_cond_key(job["dose"], job.get("view"), job.get("split"))].append(r)
+    missing, n = [], 0
     for dose, view, split in conds:
-        k = _cond_key(dose, view, split)
-        job = compare_jobs.get(k)
-        csv_ok = (run_dir / "compare" / k / "comparison_metrics.csv").is_file()
-        if not csv_ok or (job is not None and job.get("status") != "success"):
-            why = "no comparison_metrics.csv" if not csv_ok else f"job {job.get('status')}"
-            missing.append(f"{k}: {why}")
-    return len(conds), missing
+        for r in sorted(repeats.get(_cond_key(dose, view, split), [0])):
+            n += 1
+            k = condition_key(dose, view, split, r)
+            job = compare_jobs.get(k)
+            csv_ok = (run_dir / "compare" / k / "comparison_metrics.csv").is_file()
+            if not csv_ok or (job is not None and job.get("status") != "success"):
+                why = "no comparison_metrics.csv" if not csv_ok else f"job {job.get('status')}"
+                missing.append(f"{k}: {why}")
+    return n, missing
 
 
 def _headline_html(summary: Any, jobs: dict[str, dict], n_cmp: int, missing: list[str]) -> str:
@@ -1013,6 +1035,187 @@ def _headline_html(summary: Any, jobs: dict[str, dict], n_cmp: int, missing: lis
     return '<div id="headline">' + "".join(parts) + "</div>"
 
 
+def _dose_words(dose: float) -> str:
+    """1000.0 → ``1e3``; a dose that is not a power of ten keeps its integer."""
+    k = math.log10(dose) if dose > 0 else float("nan")
+    return f"1e{round(k)}" if math.isfinite(k) and abs(k - round(k)) < 1e-9 else f"{dose:g}"
+
+
+def _tint(arm: str | None) -> str:
+    """A light version of the arm's plot colour (grey for a tie) as ``#rrggbb``."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    if arm is None or arm not in ARM_COLORS:
+        return "#eeeeee"
+    rgb = to_rgb(ARM_COLORS[arm])
+    return to_hex(tuple(0.35 * c + 0.65 for c in rgb))
+
+
+def _verdict_phrase(v: dict[str, Any], d: int = 3) -> str:
+    """One clause of a verdict sentence: the best arm at a dose and how sure that is."""
+    at = f"at {_dose_words(v['dose'])} photons"
+    if v["leader"] is None:
+        return f"{at} no arm could be scored"
+    if v["runner_up"] is None:
+        return f"{at} only {v['leader']} was scored"
+    lo, hi = v["ci95_low"], v["ci95_high"]
+    if v["margin"] is None:
+        text = f"{at} {v['leader']} leads {v['runner_up']} (no paired repeat to compare)"
+    elif v["tie"]:
+        text = (
+            f"{at} {v['leader']} and {v['runner_up']} tie (difference {v['margin']:+.{d}f}, "
+            f"95 % CI {lo:+.{d}f} to {hi:+.{d}f})"
+        )
+    elif lo is None:
+        text = (
+            f"{at} {v['leader']} is best, {v['margin']:.{d}f} ahead of {v['runner_up']} "
+            "(one repeat: no interval)"
+        )
+    else:
+        text = (
+            f"{at} {v['leader']} is best, {v['margin']:.{d}f} ahead of {v['runner_up']} "
+            f"(95 % CI {lo:.{d}f} to {hi:.{d}f})"
+        )
+    best, floor = v["means"][v["leader"]], v.get("floor")
+    lower = v["metric"] in LOWER_IS_BETTER
+    if floor is not None and (best > floor if lower else best < floor):
+        text += f", and still below the constant-object floor ({floor:.{d}f} vs {best:.{d}f})"
+    return text
+
+
+def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, Any]:
+    """What the report's first screen shows, from :func:`ptychobench.study.aggregate.verdicts`.
+
+    Returns ``{"sentences", "views", "tabs": [{"id", "metric", "part", "label", "rows": [{
+    "dose_label", "cells": [{"view", "dose", "arm", "margin", "arm_text", "detail", "color",
+    "title"}]}]}], "lede", "legend", "headline_label", "n_repeats"}``; ``dose`` and ``margin``
+    are ``repr(float)`` so the verifier can compare them exactly (``margin`` "" when none).
+    """
+    views = list(dict.fromkeys(v["view"] for v in found))
+    doses = sorted({float(v["dose"]) for v in found})
+    head_metric, head_part, head_label = VERDICT_METRICS[0]
+    index = {(v["view"], float(v["dose"]), v["metric"], v["part"]): v for v in found}
+    sentences = []
+    for view in views:
+        clauses = [
+            _verdict_phrase(index[(view, d, head_metric, head_part)])
+            for d in doses
+            if (view, d, head_metric, head_part) in index
+        ]
+        if clauses:
+            sentences.append(f"{view} view, {head_label}: " + "; ".join(clauses) + ".")
+    tabs = []
+    for metric, part, label in VERDICT_METRICS:
+        rows = []
+        for dose in doses:
+            cells = []
+            for view in views:
+                v = index.get((view, dose, metric, part))
+                if v is None or v["leader"] is None:
+                    cells.append(
+                        {"view": view, "dose": repr(dose), "arm": "", "margin": "",
+                         "arm_text": "—", "detail": "not scored", "color": "#ffffff",
+                         "title": ""}
+                    )
+                    continue
+                m = v["margin"]
+                if v["runner_up"] is None or m is None:
+                    detail = "no runner-up"
+                elif v["ci95_low"] is None:
+                    detail = f"+{m:.3f} over {v['runner_up']} (1 repeat)"
+                else:
+                    detail = (
+                        f"{m:+.3f} over {v['runner_up']} "
+                        f"[{v['ci95_low']:+.3f}, {v['ci95_high']:+.3f}]"
+                    )
+                means = ", ".join(f"{a} {x:.4g}" for a, x in v["means"].items())
+                if v.get("floor") is not None:
+                    means += f"; Flat {v['floor']:.4g}"
+                cells.append(
+                    {
+                        "view": view,
+                        "dose": repr(dose),
+                        "arm": v["arm"],
+                        "margin": "" if m is None else repr(float(m)),
+                        "arm_text": f"tie ({v['leader']} ≈ {v['runner_up']})"
+                        if v["tie"]
+                        else v["leader"],
+                        "detail": detail,
+                        "color": _tint(None if v["tie"] else v["leader"]),
+                        "title": f"means over repeats: {means}",
+                    }
+                )
+            rows.append({"dose_label": _dose_words(dose), "cells": cells})
+        tabs.append(
+            {"id": f"{metric}-{part}", "metric": metric, "part": part, "label": label,
+             "rows": rows}
+        )
+    reps = "one repeat" if n_repeats == 1 else f"{n_repeats} repeats"
+    return {
+        "sentences": sentences,
+        "views": views,
+        "tabs": tabs,
+        "headline_label": head_label,
+        "n_repeats": n_repeats,
+        "lede": (
+            f"Held-out (test split) scores, {reps} per condition (independent noise, scan "
+            "jitter, grouping and training seeds); headline metric: phase SSIM (higher is "
+            "better); the buttons switch the grid's metric (NRMSE: lower is better)."
+        ),
+        "legend": (
+            "Cell: the arm with the best mean over repeats; below it, its margin over the "
+            "runner-up and the 95 % Student-t interval of that paired difference (same data, "
+            "same seeds). \"tie\": the interval contains 0. "
+            + ("With one repeat there is no interval: no difference is tested. " if n_repeats
+               < 2 else "")
+            + "Flat (the constant-object floor) is not a candidate; hover a cell for every "
+            "arm's mean."
+        ),
+    }
+
+
+def _paired_html(d: Any) -> str:
+    """The aggregate paired differences PtychoPINN − arm with their intervals (deltas.json)."""
+    agg = (d or {}).get("paired", {}).get("aggregate") if isinstance(d, dict) else None
+    if not agg:
+        return "<p>No paired differences (deltas.json is missing or has none).</p>"
+    cols = [("ssim", "phase"), ("ssim", "amplitude"), ("ms_ssim", "phase"), ("nrmse", "value")]
+    body = []
+    for key in sorted(agg, key=lambda k: _ordered_arms([k.removeprefix("vs_")])):
+        cells = [_td_text("PtychoPINN − " + key.removeprefix("vs_"))]
+        for metric, part in cols:
+            st = agg[key].get(metric, {}).get(part)
+            if not st or st.get("mean") is None:
+                cells.append('<td class="na">—</td>')
+            elif st.get("ci95_low") is None:
+                cells.append(_td_text(f"{st['mean']:+.3f} (n={st['n_repeats']})"))
+            else:
+                cells.append(
+                    _td_text(
+                        f"{st['mean']:+.3f} [{st['ci95_low']:+.3f}, {st['ci95_high']:+.3f}]"
+                    )
+                )
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<p>Per repeat, PtychoPINN minus the arm, averaged over the test-split conditions; "
+        "mean over repeats and its 95 % Student-t interval in brackets (deltas.json holds "
+        "every condition and metric).</p>"
+        + _table(["difference"] + [f"{m} {p}" for m, p in cols], body)
+    )
+
+
+def _template():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("ptychobench.study", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html.j2")
+
+
 def write_report(run_dir: Path) -> list[Path]:
     """Write the study's figures and its single-page HTML report.
 
@@ -1025,9 +1228,12 @@ def write_report(run_dir: Path) -> list[Path]:
     Returns
     -------
     list of Path
-        ``analysis/dose_response.png``, ``analysis/montage_dose_<D>.png`` per dose (ascending),
+        ``analysis/headline_dose_response.png``, ``analysis/dose_response.png``,
+        ``analysis/montage_dose_<D>.png`` per dose (ascending),
         ``analysis/quality_vs_seconds.png`` and ``analysis/report.html``, in that order.
     """
+    from markupsafe import Markup
+
     run_dir = Path(run_dir)
     analysis = run_dir / "analysis"
     analysis.mkdir(parents=True, exist_ok=True)
@@ -1043,7 +1249,9 @@ def write_report(run_dir: Path) -> list[Path]:
         for c in (manifest.get("conditions") or [])
         if isinstance(c, dict) and {"dose", "view", "split"} <= set(c)
     ]
-    rows = _read_metrics_long(analysis / "metrics_long.csv")
+    raw = _read_metrics_long(analysis / "metrics_long.csv")
+    rows = mean_rows(raw)  # every table shows the mean over repeats
+    n_repeats = max([int(r["repeat"]) + 1 for r in raw] + [1])
     summary = _read_json(analysis / "metrics_summary.json")
     conds = _conditions_from(conditions, rows)
     cond_dicts = [{"dose": d, "view": v, "split": s} for d, v, s in conds]
@@ -1051,8 +1259,11 @@ def write_report(run_dir: Path) -> list[Path]:
     written: list[Path] = []
     import matplotlib  # noqa: F401  (fail early and clearly if plotting is unavailable)
 
+    head_png = analysis / "headline_dose_response.png"
+    headline_plot(raw, head_png, cond_dicts)
+    written.append(head_png)
     dr = analysis / "dose_response.png"
-    dose_response_plot(rows, dr, cond_dicts)
+    dose_response_plot(raw, dr, cond_dicts)
     written.append(dr)
     montages: list[tuple[float, Path]] = []
     for dose in sorted({d for d, _, _ in conds}):
@@ -1074,54 +1285,38 @@ def write_report(run_dir: Path) -> list[Path]:
         )
         or "<p>No conditions.</p>"
     )
-    sections = [
-        _section("design", "Design (study.toml)", _design_html(run_dir)),
-        _section("overlap", "Overlap per view", _overlap_html(run_dir, conds)),
-        _section("summary", "Summary", _summary_html(run_dir, summary)),
-        _section("tables", "Metrics per condition", _tables_html(rows, conds)),
-        _section(
-            "plots",
-            "Dose response",
-            "<p>Metric vs dose per arm (log dose axis); dashed: Flat floor.</p>\n"
-            + _img(dr, "dose response"),
-        ),
-        _section("cost", "Quality per second", _cost_html(run_dir, rows, conds, cost_png)),
-        _section("montages", "Reconstructions", montage_html),
-        _section("timings", "Timings and memory", _timings_html(jobs)),
-        _section("environment", "Environment", _environment_html(manifest.get("environment"))),
-        _section("failures", "Failures", _failures_html(run_dir, jobs, missing, rows)),
-    ]
-    nav = (
-        "<nav>"
-        + "".join(
-            f'<a href="#{s}">{s}</a>'
-            for s in (
-                "design",
-                "overlap",
-                "summary",
-                "tables",
-                "plots",
-                "cost",
-                "montages",
-                "timings",
-                "environment",
-                "failures",
-            )
-        )
-        + "</nav>"
+    has_failures = bool(missing) or any(
+        j.get("status") in ("failed", "blocked") for j in jobs.values()
     )
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>ptychobench study report: {_esc(name)}</title>\n<style>\n{_CSS}\n</style>\n"
-        "</head>\n<body>\n"
-        f"<h1>ptychobench study report: {_esc(name)}</h1>\n"
-        + _purpose_html(run_dir)
-        + _headline_html(summary, jobs, n_cmp, missing)
-        + "\n"
-        + nav
-        + "\n"
-        + "\n".join(sections)
-        + "\n</body>\n</html>\n"
+    sections = [
+        ("summary", "Summary over the test split", _summary_html(run_dir, summary), True),
+        ("cost", "Quality per second", _cost_html(run_dir, rows, conds, cost_png), True),
+        (
+            "plots",
+            "Dose response, every metric and split",
+            "<p>Metric vs dose per arm (log dose axis); line: mean over repeats, band: 95 % "
+            "interval; dashed: Flat floor.</p>\n" + _img(dr, "dose response"),
+            False,
+        ),
+        ("tables", "Metrics per condition (means over repeats)", _tables_html(rows, conds), False),
+        ("montages", "Reconstructions (repeat 0)", montage_html, False),
+        ("design", "Design (study.toml)", _design_html(run_dir), False),
+        ("overlap", "Overlap per view", _overlap_html(run_dir, conds), False),
+        ("timings", "Timings and memory", _timings_html(jobs), False),
+        ("environment", "Environment", _environment_html(manifest.get("environment")), False),
+        ("failures", "Failures", _failures_html(run_dir, jobs, missing, raw), has_failures),
+    ]
+    view = verdict_view(verdicts(raw), n_repeats)
+    view["plot"] = Markup(_img(head_png, "test-split phase SSIM vs dose"))
+    page = _template().render(
+        name=name,
+        purpose=(_design_key(run_dir, "description") or "").strip(),
+        verdict=view,
+        status=Markup(_headline_html(summary, jobs, n_cmp, missing)),
+        sections=[
+            {"id": sid, "title": title, "body": Markup(body), "open": is_open}
+            for sid, title, body, is_open in sections
+        ],
     )
     out = analysis / "report.html"
     with atomic_open(out, "w") as fh:

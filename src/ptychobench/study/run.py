@@ -3,8 +3,10 @@
 ``manifest.json`` (run-relative paths)::
 
     {"format": "ptychobench-study-manifest/1", "design": {...}, "design_sha256": "...",
-     "planned": [job ids, excluding "verify"], "conditions": [{"dose", "view", "split"}],
-     "jobs": {id: {"kind", "dose", "view", "split", "deps", "key", "status", "seconds",
+     "planned": [job ids, excluding "verify"],
+     "conditions": [{"dose", "view", "split", "repeat"}],
+     "repeats": [{"repeat", "seeds": {"object", "scan", "noise", "grouping", "training"}}],
+     "jobs": {id: {"kind", "dose", "view", "split", "repeat"?, "deps", "key", "status", "seconds",
                    "peak_rss_mb", "log", "outputs": {path: sha256}, "error", "finished_at"}},
      "runs": [{"started_at", "finished_at", "executor", "only", "n_run", "n_skipped",
                "n_failed", "n_blocked"}],
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ptychobench-study-manifest/1"
-ONLY_KEYS = ("dose", "view", "split")
+ONLY_KEYS = ("dose", "view", "split", "repeat")
 
 
 class StudyError(ValueError):
@@ -171,6 +173,10 @@ def parse_only(text: str | None) -> dict[str, Any]:
                 out[k] = float(v)
             except ValueError:
                 raise StudyError(f"--only: dose: expected a number, found {v!r}") from None
+        elif k == "repeat":
+            if not v.isdigit():
+                raise StudyError(f"--only: repeat: expected an integer >= 0, found {v!r}")
+            out[k] = int(v)
         else:
             out[k] = v
     return out
@@ -185,6 +191,11 @@ def select(jobs: list[Job], only: dict[str, Any], design: StudyDesign) -> list[J
     if "view" in only and only["view"] not in design.views:
         raise StudyError(
             f"--only view: expected one of {list(design.views)}, found {only['view']!r}"
+        )
+    if "repeat" in only and not 0 <= only["repeat"] < design.repeats:
+        raise StudyError(
+            f"--only repeat: expected 0 to {design.repeats - 1} (repeats = {design.repeats}), "
+            f"found {only['repeat']}"
         )
     if "split" in only and only["split"] not in ("train", "test"):
         raise StudyError(f"--only split: expected train or test, found {only['split']!r}")
@@ -361,7 +372,9 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         try:
             if job.kind == "aggregate":
                 jobs = aggregate.compare_jobs_from_manifest(manifest)
-                paths = aggregate.aggregate(run_dir, manifest["conditions"], jobs)
+                paths = aggregate.aggregate(
+                    run_dir, manifest["conditions"], jobs, manifest.get("repeats")
+                )
             elif job.kind == "report":
                 paths = report.write_report(run_dir)
             else:
@@ -502,6 +515,7 @@ def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool
         design_sha256=_design_sha(design),
         planned=[j.id for j in jobs if j.kind != "verify"],
         conditions=conditions(design),
+        repeats=design.repeat_records(),
         environment=environment(design),
     )
     manifest.setdefault("jobs", {})

@@ -14,10 +14,12 @@ Checks, in order:
 ``artifacts parse``           .json/.csv/.npz/.png/.html/.toml/.txt/SHA256SUMS files load
 ``planned jobs``              every planned job (but ``verify`` itself) has status ``success``
 ``summary agrees with CSVs``  ``metrics_summary.json`` equals its recomputation from the CSVs
-``deltas agree``              ``deltas.json`` likewise
+``deltas agree``              ``deltas.json`` and ``verdict.json`` likewise
 ``highlights agree``          ``highlights.txt`` likewise, line by line
 ``report agrees``             every ``<td data-value=...>`` metric cell of ``report.html`` equals
-                              the CSV value; phase SSIM is reported for every test condition/arm
+                              the CSV value (the mean over repeats); phase SSIM is reported for
+                              every test condition/arm; every verdict-grid cell names the arm
+                              and margin of ``verdict.json``
 ``no all-zero or non-finite arm``  every ``<arm>_raw`` is finite and not all zero; no error row
 ``splits disjoint``           no scan position is in both train.npz and test.npz
 
@@ -45,6 +47,7 @@ import numpy as np
 
 from ptychobench.data.io import atomic_open, sha256_file
 from ptychobench.study.aggregate import (
+    CI_METHOD,
     CSV_NAME,
     collect_rows,
     compare_dir,
@@ -52,8 +55,10 @@ from ptychobench.study.aggregate import (
     condition_key,
     deltas,
     highlights_lines,
+    mean_rows,
     summarise,
     summary_json,
+    verdicts,
 )
 
 __all__ = ["INVENTORY", "REPORT", "verify", "write_inventory"]
@@ -177,11 +182,16 @@ def _conditions(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _recomputed(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     conds = _conditions(manifest)
-    return summarise(collect_rows(run_dir, conds), compare_jobs_from_manifest(manifest))
+    return summarise(
+        collect_rows(run_dir, conds),
+        compare_jobs_from_manifest(manifest),
+        repeats=manifest.get("repeats"),
+    )
 
 
-def _csv_rel(run_dir: Path, dose: float, view: str, split: str) -> str:
-    return (compare_dir(run_dir, dose, view, split) / CSV_NAME).relative_to(run_dir).as_posix()
+def _csv_rel(run_dir: Path, dose: float, view: str, split: str, repeat: int = 0) -> str:
+    path = compare_dir(run_dir, dose, view, split, repeat) / CSV_NAME
+    return path.relative_to(run_dir).as_posix()
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -437,21 +447,28 @@ def _check_summary(run_dir: Path) -> Check:
 
 
 def _check_deltas(run_dir: Path) -> Check:
-    rel = "analysis/deltas.json"
-    expected = json.loads(summary_json(deltas(_recomputed(run_dir, _read_manifest(run_dir)))))
-    found = _load_json(run_dir, rel)
-    diffs = [
-        f"{rel}: {k}: expected {e!r} (recomputed from the comparison CSVs), found {f!r}"
-        for k, e, f in _diff(expected, found)
-    ]
+    manifest = _read_manifest(run_dir)
+    rows = collect_rows(run_dir, _conditions(manifest))
+    wanted = {
+        "analysis/deltas.json": deltas(_recomputed(run_dir, manifest), rows),
+        "analysis/verdict.json": {"ci_method": CI_METHOD, "verdicts": verdicts(rows)},
+    }
+    diffs = []
+    for rel, doc in wanted.items():
+        expected = json.loads(summary_json(doc))
+        found = _load_json(run_dir, rel)
+        diffs += [
+            f"{rel}: {k}: expected {e!r} (recomputed from the comparison CSVs), found {f!r}"
+            for k, e, f in _diff(expected, found)
+        ]
     if diffs:
         return False, _listing(diffs)
-    return True, f"{rel} equals its recomputation"
+    return True, "deltas.json and verdict.json equal their recomputation"
 
 
 def _check_highlights(run_dir: Path) -> Check:
     rel = "analysis/highlights.txt"
-    expected = highlights_lines(deltas(_recomputed(run_dir, _read_manifest(run_dir))))
+    expected = highlights_lines(deltas(_recomputed(run_dir, _read_manifest(run_dir))))  # means
     path = run_dir / rel
     if not path.is_file():
         return False, f"{rel}: expected the file, found none"
@@ -473,11 +490,14 @@ class _CellParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.cells: list[dict[str, str | None]] = []
+        self.verdict_cells: list[dict[str, str | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "td" and "data-value" in a:
             self.cells.append(a)
+        if tag == "td" and "data-margin" in a:
+            self.verdict_cells.append(a)
 
 
 def _check_report(run_dir: Path) -> Check:
@@ -487,10 +507,12 @@ def _check_report(run_dir: Path) -> Check:
         return False, f"{rel}: expected the report, found none"
     manifest = _read_manifest(run_dir)
     conds = _conditions(manifest)
+    raw = collect_rows(run_dir, conds)
+    means = mean_rows(raw)  # the report shows means over repeats (the value itself with one)
     # (condition key, model, metric, part) -> CSV value, and the CSV each came from
     values: dict[tuple[str, str, str, str], Any] = {}
     csv_of: dict[str, str] = {}
-    for r in collect_rows(run_dir, conds):
+    for r in means:
         key = condition_key(r["dose"], r["view"], r["split"])
         csv_of[key] = _csv_rel(run_dir, r["dose"], r["view"], r["split"])
         for part in ("amplitude", "phase", "value"):
@@ -499,10 +521,10 @@ def _check_report(run_dir: Path) -> Check:
     parser.feed(path.read_text(encoding="utf-8"))
     parser.close()
 
-    problems = []
+    problems = _verdict_cell_problems(rel, parser.verdict_cells, verdicts(raw))
     seen: set[tuple[str, str, str, str]] = set()
     by_condition: dict[str, list[dict]] = {}
-    for r in collect_rows(run_dir, conds):
+    for r in means:
         by_condition.setdefault(condition_key(r["dose"], r["view"], r["split"]), []).append(r)
     for c in parser.cells:
         if "data-budget" in c:
@@ -557,6 +579,38 @@ def _check_report(run_dir: Path) -> Check:
     return True, f"{rel}: {len(parser.cells)} metric cells equal the comparison CSVs"
 
 
+def _verdict_cell_problems(rel: str, cells: list[dict], wanted: list[dict]) -> list[str]:
+    """Every verdict-grid cell (``data-margin``) must carry the arm and margin of its verdict;
+    the grid must have a cell for every verdict of the headline metric."""
+    index = {(v["view"], repr(float(v["dose"])), v["metric"], v["part"]): v for v in wanted}
+    problems, seen = [], set()
+    for c in cells:
+        ident = (
+            str(c.get("data-view")),
+            str(c.get("data-dose")),
+            str(c.get("data-metric")),
+            str(c.get("data-part")),
+        )
+        label = "verdict " + "/".join(ident)
+        v = index.get(ident)
+        if v is None:
+            problems.append(f"{rel}: cell {label}: expected a verdict of verdict.json, found none")
+            continue
+        seen.add(ident)
+        margin = "" if v["margin"] is None else repr(float(v["margin"]))
+        found = (c.get("data-arm") or "", c.get("data-margin") or "")
+        if found != (v["arm"] or "", margin):
+            problems.append(
+                f"{rel}: cell {label}: expected arm {v['arm']!r} margin {margin!r} "
+                f"(recomputed from the comparison CSVs), found {found[0]!r} {found[1]!r}"
+            )
+    head = [k for k in index if (k[2], k[3]) == ("ssim", "phase") and index[k]["leader"]]
+    for k in head:
+        if k not in seen:
+            problems.append(f"{rel}: expected a verdict-grid cell for {'/'.join(k)}, found none")
+    return problems
+
+
 def _budget_cell_problems(run_dir: Path, rel: str, c: dict, by_condition: dict) -> list[str]:
     """A "best arm within B s" cell must name the best arm the CSVs allow at that budget."""
     from ptychobench.study.report import best_within, cost_points
@@ -587,7 +641,7 @@ def _check_costs(run_dir: Path) -> Check:
     cost: dict[tuple[str, str], dict[str, float]] = {}
     for r in collect_rows(run_dir, conds):
         if r["metric"] in ("computation_time_s", "infer_s", "refine_s"):
-            k = (condition_key(r["dose"], r["view"], r["split"]), r["model"])
+            k = (condition_key(r["dose"], r["view"], r["split"], r["repeat"]), r["model"])
             v = r["value"]
             if isinstance(v, float) and math.isfinite(v):
                 cost.setdefault(k, {})[r["metric"]] = v
@@ -618,13 +672,14 @@ def _check_arms(run_dir: Path) -> Check:
     seen: set[str] = set()
     for c in conds:
         dose, view, split = float(c["dose"]), str(c["view"]), str(c["split"])
-        key = condition_key(dose, view, split)
+        repeat = int(c.get("repeat") or 0)
+        key = condition_key(dose, view, split, repeat)
         if key in seen:
             continue
         seen.add(key)
-        d = compare_dir(run_dir, dose, view, split)
+        d = compare_dir(run_dir, dose, view, split, repeat)
         rel_npz = (d / "reconstructions.npz").relative_to(run_dir).as_posix()
-        rel_csv = _csv_rel(run_dir, dose, view, split)
+        rel_csv = _csv_rel(run_dir, dose, view, split, repeat)
         if not (d / "reconstructions.npz").is_file():
             problems.append(f"{rel_npz}: expected the reconstructions, found no file")
         else:
