@@ -896,9 +896,25 @@ def study_run(
             typer.echo(f"error: {res.failure_summary()}", err=True)
             raise typer.Exit(code=1)
         if (run_dir / "analysis" / "report.html").exists() and not only:
+            _print_verdict(run_dir, design.repeats)
             typer.echo(f"report: {run_dir / 'analysis' / 'report.html'}")
 
     _run(go)
+
+
+def _print_verdict(run_dir: Path, repeats: int) -> None:
+    """The report's verdict sentences, one per view, on the terminal."""
+    import json
+
+    from ptychobench.study.report import verdict_view
+
+    try:
+        doc = json.loads((run_dir / "analysis" / "verdict.json").read_text(encoding="utf-8"))
+        sentences = verdict_view(doc["verdicts"], repeats)["sentences"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the report says why; the verdict is a convenience here
+    for line in sentences:
+        typer.echo(f"verdict: {line}")
 
 
 def _print_verify(run_dir: Path, rep: dict) -> None:

@@ -23,6 +23,7 @@ from ptychobench.study.aggregate import (
     deltas,
     highlights_lines,
     summarise,
+    verdicts,
 )
 
 DOSES = (1000.0, 100000.0)
@@ -144,6 +145,16 @@ def write_report(run: Path) -> None:
                 f'data-value="{"" if v is None else repr(v)}">'
                 f"{'n/a' if v is None else f'{v:.3f}'}</td>"
             )
+    # the verdict grid's cells (headline metric), as the verifier recomputes them
+    for v in verdicts(collect_rows(run, conditions())):
+        if (v["metric"], v["part"]) != ("ssim", "phase"):
+            continue
+        margin = "" if v["margin"] is None else repr(float(v["margin"]))
+        cells.append(
+            f'<td data-view="{v["view"]}" data-dose="{float(v["dose"])!r}" '
+            f'data-metric="ssim" data-part="phase" data-arm="{v["arm"] or ""}" '
+            f'data-margin="{margin}">{v["arm"]}</td>'
+        )
     rows = "\n".join(f"<tr>{c}</tr>" for c in cells)
     html = (
         f"<!DOCTYPE html><html><head><title>r</title></head><body><table>\n{rows}\n"

@@ -234,13 +234,12 @@ repeats = 2
 device = "cpu"
 num_threads = 1
 
-[views.sparse]
+[views.dense]
 gridsize = 1
-s_img = 0.5
 
 [simulation]
 N = 32
-object_size = 64
+object_size = 96
 jitter_px = 1.0
 
 [pinn]
@@ -277,8 +276,9 @@ def repeats_toml(tmp_path_factory):
 def repeats_run(repeats_toml, tmp_path_factory):
     out = tmp_path_factory.mktemp("rep") / "run"
     p = _cli("study", "run", str(repeats_toml), "--out", str(out), "--no-progress")
-    _, err = p.communicate(timeout=900)
+    stdout, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
+    (out.parent / "stdout.txt").write_text(stdout)
     return out
 
 
@@ -297,7 +297,7 @@ def test_two_repeat_study_records_seeds_and_intervals(repeats_run):
     assert not np.array_equal(a.diffraction, b.diffraction)  # ... and another noise draw
     s = json.loads((run / "analysis/metrics_summary.json").read_text())
     assert s["n_repeats"] == 2 and s["n_jobs"] == 4
-    cell = s["uncertainty"]["dose_10000/sparse/test"]["PtyChi"]["ssim"]["phase"]
+    cell = s["uncertainty"]["dose_10000/dense/test"]["PtyChi"]["ssim"]["phase"]
     assert cell["n_repeats"] == 2 and cell["ci95_low"] <= cell["mean"] <= cell["ci95_high"]
     long = (run / "analysis/metrics_long.csv").read_text().splitlines()
     assert long[0].startswith("dose,view,split,repeat,model")
@@ -307,6 +307,9 @@ def test_two_repeat_study_records_seeds_and_intervals(repeats_run):
     assert len(head) == 1 and head[0]["n_repeats"] == 2
     html = (run / "analysis/report.html").read_text()
     assert '<table id="verdict"' in html
+    # the terminal says the verdict too, with its interval over the two repeats
+    said = (run.parent / "stdout.txt").read_text()
+    assert "verdict: dense view, phase SSIM: at 1e4 photons" in said and "95 % CI" in said
     rep = json.loads((run / "analysis/verification_report.json").read_text())
     assert rep["all_valid"], [c for c in rep["checks"] if not c["valid"]]
 
@@ -318,7 +321,7 @@ def test_sigkill_during_repeat_then_resume_gives_identical_summaries(
     p = _cli("study", "run", str(repeats_toml), "--out", str(run), "--no-progress")
     t0 = time.time()
     while time.time() - t0 < 600 and p.poll() is None:
-        if (run / "logs/train_pinn.dose_10000_r1.sparse.log").exists():
+        if (run / "logs/train_pinn.dose_10000_r1.dense.log").exists():
             break
         time.sleep(0.02)
     time.sleep(0.5)
@@ -329,7 +332,29 @@ def test_sigkill_during_repeat_then_resume_gives_identical_summaries(
     _, err = p2.communicate(timeout=900)
     assert p2.returncode == 0, err[-3000:]
     assert json.loads((run / "manifest.json").read_text())["runs"][1]["n_skipped"] > 0
-    for name in ("metrics_summary.json", "deltas.json", "verdict.json", "metrics_long.csv"):
+    for name in ("metrics_summary.json", "deltas.json", "verdict.json"):
         assert (run / "analysis" / name).read_bytes() == (
             repeats_run / "analysis" / name
         ).read_bytes(), name
+
+    # the long table carries wall-clock seconds too: every other row is identical
+    def scores(path):
+        clock = ("computation_time_s", "train_s", "infer_s", "refine_s")
+        return [ln for ln in path.read_text().splitlines() if ln.split(",")[5] not in clock]
+
+    assert scores(run / "analysis/metrics_long.csv") == scores(
+        repeats_run / "analysis/metrics_long.csv"
+    )
+
+
+@pytest.mark.parametrize("name", ["quick", "laptop", "fly64"])
+def test_with_repeats_rewrites_the_design_text_it_records(name):
+    from ptychobench.study.design import preset_text, with_repeats
+
+    design = load_preset(name)
+    new, text = with_repeats(design, preset_text(name), 4)
+    assert new.repeats == 4 and new.name == f"{name}-r4"
+    parsed = design_from_dict(tomllib.loads(text))
+    assert parsed.model_dump() == new.model_dump()  # study.toml says what ran
+    rest = {k: v for k, v in new.model_dump().items() if k not in ("repeats", "name")}
+    assert rest == {k: v for k, v in design.model_dump().items() if k not in ("repeats", "name")}

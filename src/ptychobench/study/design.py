@@ -6,8 +6,9 @@ settings. Relative paths inside a TOML file (a custom object or probe file) are 
 the file's directory. Unknown keys and bad values are rejected with the key's dotted path.
 
 Presets (``ptychobench/study/presets/*.toml``): ``quick`` (the embedded default; a 2-core CPU
-finishes it in minutes; its networks are a smoke test), ``laptop`` (the real study on a 2-core CPU
-in under an hour) and ``fly64`` (the full, GPU-sized study).
+finishes it in minutes; its networks are a smoke test; 1 repeat), ``laptop`` (the real study on a
+2-core CPU, under an hour per repeat; 3 repeats) and ``fly64`` (the full, GPU-sized study; 3
+repeats).
 """
 
 from __future__ import annotations
