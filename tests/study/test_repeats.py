@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
-import sys
 import time
 import tomllib
 
 import numpy as np
 import pytest
 from scipy import stats
+from test_study_run import _cli
 
 from ptychobench.study.aggregate import (
     CI_METHOD,
@@ -254,15 +253,6 @@ loss = "mae"
 [iterative]
 epochs = 6
 """
-
-
-def _cli(*args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "ptychobench.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.fixture(scope="module")
