@@ -375,3 +375,21 @@ def test_failed_arm_needs_no_report_cell_but_fails_the_arm_check(run):
     rep = verify(run)
     assert invalid(rep) == {"no all-zero or non-finite arm", "report agrees"}
     assert "dose_100000/dense/test data-model=PtyChi" in checks(rep)["report agrees"]["detail"]
+
+
+def test_edited_verdict_cell_is_caught(run):
+    """A grid cell naming another arm (or another margin) than the CSVs give fails the report."""
+    p = run / "analysis" / "report.html"
+    html = p.read_text()
+    m = re.search(r'data-arm="([^"]*)" data-margin="([^"]*)"', html)
+    assert m, "the fake report has a verdict grid"
+    other = "Baseline" if m.group(1) != "Baseline" else "PtyChi"
+    p.write_text(html.replace(m.group(0), f'data-arm="{other}" data-margin="{m.group(2)}"', 1))
+    write_inventory(run)
+    rep = verify(run)
+    assert invalid(rep) == {"report agrees"}
+    assert f"found '{other}'" in checks(rep)["report agrees"]["detail"]
+    # and a dropped cell of the headline grid is missed
+    p.write_text(html.replace(m.group(0), 'data-gone="1"', 1))
+    write_inventory(run)
+    assert "expected a verdict-grid cell" in checks(verify(run))["report agrees"]["detail"]
