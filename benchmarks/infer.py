@@ -7,7 +7,11 @@ Prints JSON lines:
 * ``infer_vs_ptychi``: wall-clock ratio of a 100-epoch pty-chi LSQML reconstruction to PINN
   inference on the same patterns, same machine, one run.
 
+* ``infer_cpu_opt`` (``--compare-eager``): PINN gs1 patterns/s of the plain eager path vs the
+  optimised one on CPU, their ratio and the largest output difference, in one run.
+
 Usage: python benchmarks/infer.py [--what speed,memory,ratio] [--scale 0.5] [--device cpu]
+       python benchmarks/infer.py --compare-eager [--n-patterns 2048] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -129,15 +133,52 @@ def ratio(args):
     }), flush=True)
 
 
+def compare_eager(args):
+    """One line: PINN gs1 inference patterns/s, plain eager path vs the optimised one (same
+    model, same data, interleaved best-of-``--repeats``), and their largest output difference."""
+    from ptychobench.infer import infer
+
+    ds = _synthetic(args.n_patterns, 64)
+    m = _model("pinn", 64, 1, args.scale, ds.probeGuess)
+    infer(m, ds.select(np.arange(64)), device="cpu", fast=False)  # warm-up, both layouts
+    infer(m, ds.select(np.arange(64)), device="cpu", fast=True)
+    best = {False: float("inf"), True: float("inf")}
+    recs = {}
+    for _ in range(args.repeats):
+        for fast in (False, True):
+            recs[fast] = infer(m, ds, device="cpu", batch_size=256, fast=fast)
+            best[fast] = min(best[fast], recs[fast].metadata["seconds"])
+    diff = np.abs(recs[True].reconstructed_object - recs[False].reconstructed_object).max()
+    print(json.dumps({
+        "bench": "infer_cpu_opt", "kind": "pinn", "gridsize": 1, "N": 64,
+        "n_filters_scale": args.scale, "n_patterns": ds.n, "repeats": args.repeats,
+        "patterns_per_s_eager": round(ds.n / best[False], 1),
+        "patterns_per_s_opt": round(ds.n / best[True], 1),
+        "speedup_vs_eager": round(best[False] / best[True], 3),
+        "max_abs_diff": float(diff),
+        "optimisations": "channels-last convolutions (oneDNN) under no_grad",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+    }), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--what", default="speed,memory,ratio")
+    ap.add_argument(
+        "--compare-eager", action="store_true",
+        help="only the CPU line: plain eager vs optimised inference (bench infer_cpu_opt)",
+    )
+    ap.add_argument("--n-patterns", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--memory-child", type=int, default=None)
     args = ap.parse_args()
     if args.memory_child is not None:
         memory_child(args.memory_child, args.scale)
+        return
+    if args.compare_eager:
+        compare_eager(args)
         return
     for what in args.what.split(","):
         {"speed": speed, "memory": memory, "ratio": ratio}[what](args)

@@ -276,3 +276,29 @@ def test_phase_sync_keeps_coverage_changes_only_phases_and_zero_is_the_plain_sti
     w = plain.coverage
     assert np.sum(np.abs(b * w) ** 2) > np.sum(np.abs(a * w) ** 2)
     assert np.all(b[~covered] == 0) and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    "kind, gridsize, kw",
+    [
+        ("pinn", 1, {}),
+        ("baseline", 1, {}),
+        ("pinn", 2, {"phase_sync": 5}),
+        ("pinn", 2, {"stitch_weighting": "probe"}),
+    ],
+)
+def test_fast_path_equals_the_plain_eager_path_and_leaves_the_model_as_it_was(
+    small_sim, kind, gridsize, kw
+):
+    ds = make_view(small_sim, 2, neighbor_count=6) if gridsize == 2 else small_sim
+    net = _untrained(kind, ds, gridsize)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = infer(net, ds, fast=False, **kw)
+    fast = infer(net, ds, fast=True, **kw)
+    assert plain.metadata["fast"] is False and fast.metadata["fast"] is True
+    np.testing.assert_allclose(
+        fast.reconstructed_object, plain.reconstructed_object, rtol=0, atol=1e-5
+    )
+    np.testing.assert_array_equal(fast.coverage, plain.coverage)
+    for k, v in net.state_dict().items():  # same values, default (contiguous) layout again
+        assert torch.equal(v, before[k]) and v.is_contiguous(), k

@@ -513,6 +513,13 @@ def infer(
             help="Iterations of phase synchronisation of the patches before stitching (0 = off).",
         ),
     ] = 0,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast/--plain",
+            help="Optimised path (CPU: channels-last convolutions) or the plain eager one.",
+        ),
+    ] = True,
 ) -> None:
     """Streaming inference and stitching into the object's pixel frame.
 
@@ -541,6 +548,7 @@ def infer(
             data_source=str(data),
             stitch_weighting=stitch_weighting,
             phase_sync=phase_sync,
+            fast=fast,
         )
         rec.metadata["bundle"] = str(bundle)
         write_reconstruction(rec, out)
