@@ -293,11 +293,6 @@ def _finite(x: Any) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
-def _json_num(x: Any) -> float | None:
-    """A float as parsed, or None for a missing / non-finite cell (JSON has no NaN)."""
-    return x if _finite(x) else None
-
-
 def _model_order(names: Iterable[str]) -> list[str]:
     names = set(names)
     known = [a for a in ARM_ORDER if a in names]
