@@ -8,10 +8,12 @@ Prints JSON lines:
   inference on the same patterns, same machine, one run.
 
 * ``infer_cpu_opt`` (``--compare-eager``): PINN gs1 patterns/s of the plain eager path vs the
-  optimised one on CPU, their ratio and the largest output difference, in one run.
+  optimised one on CPU, their ratio and the largest output difference, in one run;
+  ``infer_cpu_compile`` (``--with-compile``): the same against ``torch.compile``.
 
 Usage: python benchmarks/infer.py [--what speed,memory,ratio] [--scale 0.5] [--device cpu]
-       python benchmarks/infer.py --compare-eager [--n-patterns 2048] [--repeats 3]
+       python benchmarks/infer.py --compare-eager [--with-compile] [--n-patterns 2048]
+       [--repeats 3]
 """
 
 from __future__ import annotations
@@ -159,6 +161,31 @@ def compare_eager(args):
         "optimisations": "channels-last convolutions (oneDNN) under no_grad",
         "threads": torch.get_num_threads(), "torch": torch.__version__,
     }), flush=True)
+    if args.with_compile:
+        compare_compile(args, ds, m, best, recs[False])
+
+
+def compare_compile(args, ds, m, best, eager_rec):
+    """One line: torch.compile (inductor) against the eager and channels-last paths above, with
+    its one-off compilation time — whether compiling pays on this machine."""
+    from ptychobench.infer import infer
+
+    t0 = time.perf_counter()
+    first = infer(m, ds, device="cpu", batch_size=256, fast=False, compile=True)
+    first_s = time.perf_counter() - t0
+    steady = min(infer(m, ds, device="cpu", batch_size=256, fast=False, compile=True)
+                 .metadata["seconds"] for _ in range(args.repeats))
+    diff = np.abs(first.reconstructed_object - eager_rec.reconstructed_object).max()
+    print(json.dumps({
+        "bench": "infer_cpu_compile", "kind": "pinn", "gridsize": 1, "N": 64,
+        "n_filters_scale": args.scale, "n_patterns": ds.n, "compiled": first.metadata["compiled"],
+        "patterns_per_s_eager": round(ds.n / best[False], 1),
+        "patterns_per_s_channels_last": round(ds.n / best[True], 1),
+        "patterns_per_s_compiled": round(ds.n / steady, 1),
+        "speedup_compiled_vs_eager": round(best[False] / steady, 3),
+        "first_pass_s_compiled": round(first_s, 2), "max_abs_diff": float(diff),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+    }), flush=True)
 
 
 def main() -> None:
@@ -167,6 +194,10 @@ def main() -> None:
     ap.add_argument(
         "--compare-eager", action="store_true",
         help="only the CPU line: plain eager vs optimised inference (bench infer_cpu_opt)",
+    )
+    ap.add_argument(
+        "--with-compile", action="store_true",
+        help="with --compare-eager: also torch.compile (bench infer_cpu_compile)",
     )
     ap.add_argument("--n-patterns", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)

@@ -80,3 +80,40 @@ def test_likelihood_rungs_oracle_beats_flat_and_an_untrained_model():
         (r["nll_flat"] - r["nll_model"]) / (r["nll_flat"] - r["nll_oracle"])
     )
     assert np.isfinite(r["scale_learned_over_true"])
+
+
+def _json_lines(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_gpu_suite_without_cuda_prints_every_row_unmeasured(tmp_path):
+    res = _run("gpu_suite.py", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = _json_lines(res.stdout)
+    assert [r["bench"] for r in rows] == [
+        "gpu_env", "kernel_infer", "kernel_train", "infer_path", "lsqml", "study_fly64"
+    ]
+    assert all(r["status"] == "unmeasured" and "CUDA" in r["reason"] for r in rows)
+    assert not any("patterns_per_s" in r for r in rows)  # never estimated
+
+
+def test_gpu_suite_smoke_on_cpu_measures_every_kernel_and_lsqml(tmp_path):
+    """The suite's own code runs (toy sizes, CPU): a row per kind × dtype × mode, rates > 0,
+    LSQML seconds/epoch > 0 and the PINN/LSQML ratio computed from them."""
+    res = _run("gpu_suite.py", "--device", "cpu", "--smoke", "--what", "kernels,lsqml",
+               cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = _json_lines(res.stdout)
+    kern = [r for r in rows if r["bench"].startswith("kernel_")]
+    cases = {(r["bench"], r["kind"], r["gridsize"], r["dtype"]) for r in kern}
+    assert len(kern) == len(cases) == 2 * 3 * 2
+    assert all(r["status"] == "ok" and r["patterns_per_s"] > 0 for r in kern)
+    (lsq,) = [r for r in rows if r["bench"] == "lsqml"]
+    assert lsq["seconds_per_epoch"] > 0
+    pinn = max(r["patterns_per_s"] for r in kern if r["bench"] == "kernel_infer"
+               and r["kind"] == "pinn" and r["gridsize"] == 1 and r["dtype"] == "fp32")
+    expected = lsq["lsqml_100_epochs_s"] / (lsq["n_patterns"] / pinn)
+    assert lsq["ratio_vs_lsqml100_kernel_infer_fp32"] == pytest.approx(expected, rel=0.01)

@@ -302,3 +302,58 @@ def test_fast_path_equals_the_plain_eager_path_and_leaves_the_model_as_it_was(
     np.testing.assert_array_equal(fast.coverage, plain.coverage)
     for k, v in net.state_dict().items():  # same values, default (contiguous) layout again
         assert torch.equal(v, before[k]) and v.is_contiguous(), k
+
+
+def test_compiled_path_equals_the_eager_path_on_cpu(small_sim):
+    """torch.compile (inductor, one graph at the batch size; the last chunk is padded) gives the
+    eager outputs within 1e-5, and says that it compiled."""
+    net = _untrained("pinn", small_sim, 1)
+    n = small_sim.n
+    batch = 48
+    assert n % batch, "the last chunk must be partial, to exercise the padding"
+    eager = infer(net, small_sim, batch_size=batch, fast=False)
+    compiled = infer(net, small_sim, batch_size=batch, fast=False, compile=True)
+    assert eager.metadata["compiled"] is False and compiled.metadata["compiled"] is True
+    np.testing.assert_allclose(
+        compiled.reconstructed_object, eager.reconstructed_object, rtol=0, atol=1e-5
+    )
+    np.testing.assert_array_equal(compiled.coverage, eager.coverage)
+
+
+@pytest.mark.parametrize("where", ["build", "call"])
+def test_compile_failure_falls_back_to_eager_with_one_warning(
+    small_sim, monkeypatch, caplog, where
+):
+    net = _untrained("baseline", small_sim, 1)
+    eager = infer(net, small_sim, batch_size=64)
+
+    def broken_compile(fn, **kw):
+        if where == "build":
+            raise RuntimeError("no C++ compiler found")
+
+        def run(*a, **k):
+            raise RuntimeError("inductor: backend failed")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING, logger="ptychobench.infer"):
+        rec = infer(net, small_sim, batch_size=64, compile=True)
+    assert rec.metadata["compiled"] is False
+    warnings = [r for r in caplog.records if "torch.compile unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    np.testing.assert_array_equal(rec.reconstructed_object, eager.reconstructed_object)
+
+
+@pytest.mark.parametrize("kind, gridsize", [("pinn", 1), ("baseline", 1), ("pinn", 2)])
+def test_bf16_autocast_inference_stays_close_to_fp32_and_complex64(small_sim, kind, gridsize):
+    ds = make_view(small_sim, 2, neighbor_count=6) if gridsize == 2 else small_sim
+    net = _untrained(kind, ds, gridsize)
+    fp32 = infer(net, ds)
+    bf16 = infer(net, ds, amp=True)
+    assert fp32.metadata["amp"] is None and bf16.metadata["amp"] == "bf16"
+    assert bf16.reconstructed_object.dtype == np.complex64
+    np.testing.assert_array_equal(bf16.coverage, fp32.coverage)
+    diff = np.abs(bf16.reconstructed_object - fp32.reconstructed_object)
+    # bf16 keeps 8 bits of mantissa: ~1e-2 relative, and it did change something
+    assert 0 < diff.max() < 2e-2 * np.abs(fp32.reconstructed_object).max()

@@ -520,6 +520,17 @@ def infer(
             help="Optimised path (CPU: channels-last convolutions) or the plain eager one.",
         ),
     ] = True,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Run the network through torch.compile (eager fallback with a warning).",
+        ),
+    ] = False,
+    amp: Annotated[
+        bool,
+        typer.Option("--amp/--fp32", help="bf16 autocast of the network (stitching stays fp32)."),
+    ] = False,
 ) -> None:
     """Streaming inference and stitching into the object's pixel frame.
 
@@ -549,6 +560,8 @@ def infer(
             stitch_weighting=stitch_weighting,
             phase_sync=phase_sync,
             fast=fast,
+            compile=compile,
+            amp=amp,
         )
         rec.metadata["bundle"] = str(bundle)
         write_reconstruction(rec, out)

@@ -217,6 +217,71 @@ def _fast_path(model: torch.nn.Module, dev: torch.device, fast: bool) -> Iterato
             model.to(memory_format=torch.contiguous_format)
 
 
+def _to_device(array: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """A host chunk on ``dev``: to a GPU through pinned memory, without waiting for the copy."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if dev.type != "cuda":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+class _Predictor:
+    """``model.predict``, eager or through ``torch.compile``.
+
+    Compiled, every chunk runs at one batch size (the last one is padded by repeating its last
+    group and the padding dropped), so one graph serves the whole pass; a graph that fails to
+    build or run falls back to eager with one warning (``compiled`` then reads False).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, batch_size: int, compile: bool, amp: str | None = None
+    ) -> None:
+        self.amp = amp  # device type of a bf16 autocast around the network, or None
+        self.eager = model.predict
+        self.batch_size = int(batch_size)
+        self.compiled = False
+        self.fn = self.eager
+        if compile:
+            try:
+                self.fn = torch.compile(model.predict, dynamic=False)
+                self.compiled = True
+            except Exception as exc:  # no compiler backend on this platform
+                self._fall_back(exc)
+
+    def _fall_back(self, exc: Exception) -> None:
+        log.warning("torch.compile unavailable (%s: %s); inference runs eager",
+                    type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        self.compiled = False
+        self.fn = self.eager
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast of the network's convolutions (its outputs are complex64 either way)."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.amp, dtype=torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor, offsets: torch.Tensor, **kw: Any):
+        with self.autocast():
+            return self._call(x, offsets, **kw)
+
+    def _call(self, x: torch.Tensor, offsets: torch.Tensor, **kw: Any):
+        if not self.compiled:
+            return self.eager(x, offsets, **kw)
+        b = x.shape[0]
+        if b < self.batch_size:
+            fill = self.batch_size - b
+            x = torch.cat([x, x[-1:].expand(fill, *x.shape[1:])])
+            offsets = torch.cat([offsets, offsets[-1:].expand(fill, *offsets.shape[1:])])
+        try:
+            out = self.fn(x, offsets, **kw)
+        except Exception as exc:
+            self._fall_back(exc)
+            return self.eager(x[:b], offsets[:b], **kw)
+        if isinstance(out, tuple):
+            return tuple(o[:b] for o in out)
+        return out[:b]
+
+
 def infer(
     model: torch.nn.Module,
     ds: PtychoDataset,
@@ -233,6 +298,8 @@ def infer(
     stitch_weighting: str = "flat",
     phase_sync: int = 0,
     fast: bool = True,
+    compile: bool = False,
+    amp: bool = False,
 ) -> Reconstruction:
     """Run ``model`` over ``ds`` in chunks and stitch its patches into the object's pixel frame.
 
@@ -250,6 +317,12 @@ def infer(
     fast : on CPU, channels-last convolutions (the model is restored afterwards); ``False``
         runs the plain eager path, for comparison (``benchmarks/infer.py --compare-eager``) and
         as a fallback
+    compile : run ``model.predict`` through ``torch.compile`` (one graph at ``batch_size``; eager
+        fallback with a warning when it cannot be built; the gs2 shared mode's per-pattern
+        decoding stays eager). Off by default: on CPU channels-last beats it (2.0× vs 1.5×) and
+        the first chunk pays the compilation (tens of seconds). Recorded as ``compiled``.
+    amp : bf16 autocast of the network (on the inference device; outputs within ~1e-2 of fp32,
+        patches, weights and stitching stay complex64/float32). Recorded as ``amp``.
     debug_limit : baseline only — run on the first K flattened patterns
     debug_dir : baseline only — write ``baseline_debug.npz`` and ``baseline_debug_stats.json``
 
@@ -292,13 +365,15 @@ def infer(
                 weighting=stitch_weighting,
                 probe=ds.probeGuess if stitch_weighting == "probe" else None,
                 phase_sync=phase_sync,
+                device=dev,
             )
             outs = []
+            predict = _Predictor(model, batch_size, compile, dev.type if amp else None)
             for start in range(0, len(members), batch_size):
-                x = torch.from_numpy(inputs.patterns[start : start + batch_size]).to(dev)
+                x = _to_device(inputs.patterns[start : start + batch_size], dev)
                 zeros = torch.zeros((x.shape[0], 1, 2), dtype=torch.float32, device=dev)
-                patches = model.predict(x, zeros)
-                stitcher.add(patches.cpu(), inputs.centred[start : start + batch_size])
+                patches = predict(x, zeros)
+                stitcher.add(patches, inputs.centred[start : start + batch_size])
                 if debug_dir is not None:
                     outs.append(patches.cpu().numpy())
             n_used = len(members)
@@ -307,6 +382,7 @@ def infer(
             centres = group_centres(coords, groups)
             offsets = group_offsets(coords, groups).astype(np.float32)
             model = _fit_canvas(model, offsets, dev)
+            predict = _Predictor(model, batch_size, compile, dev.type if amp else None)
             probe_weighted = stitch_weighting == "probe"
             gs2_probe = probe_weighted and gridsize > 1
             merge_kw: dict[str, Any] = {}
@@ -317,7 +393,7 @@ def infer(
                 # thresholds the total weight of all groups
                 S = N + 2 * int(model.config.canvas_pad)
                 # every add() passes its weight maps
-                stitcher = Stitcher(shape, S, S, phase_sync=phase_sync)
+                stitcher = Stitcher(shape, S, S, phase_sync=phase_sync, device=dev)
                 merge_kw = {
                     "weighting": "probe",
                     "return_weight": True,
@@ -330,27 +406,28 @@ def infer(
                     N,
                     M,
                     weighting=stitch_weighting,
-                    probe=model.probe.detach().cpu() if probe_weighted else None,
+                    probe=model.probe.detach() if probe_weighted else None,
                     phase_sync=phase_sync,
+                    device=dev,
                 )
             # shared channel mode: a member's patch depends on its own pattern only, and
             # neighbouring groups share members, so each distinct pattern of a chunk is decoded once
             shared = gridsize > 1 and getattr(model.config, "channel_mode", "joint") == "shared"
             for start in range(0, len(groups), batch_size):
                 g = groups[start : start + batch_size]
-                off = torch.from_numpy(offsets[start : start + batch_size]).to(dev)
+                off = _to_device(offsets[start : start + batch_size], dev)
                 if shared:
                     uniq, inv = np.unique(g, return_inverse=True)
-                    decoded = model.decode_patterns(torch.from_numpy(ds.diffraction[uniq]).to(dev))
-                    members = torch.from_numpy(inv.reshape(g.shape)).to(dev)
+                    with predict.autocast():
+                        decoded = model.decode_patterns(_to_device(ds.diffraction[uniq], dev))
+                    members = _to_device(inv.reshape(g.shape), dev)
                     out = model.predict_from_patches(decoded[members], off, **merge_kw)
                 else:
-                    x = torch.from_numpy(ds.diffraction[g]).to(dev)
-                    out = model.predict(x, off, **merge_kw)
+                    out = predict(_to_device(ds.diffraction[g], dev), off, **merge_kw)
                 weights = None  # flat, and probe at gs1: the stitcher's own weight
                 if gs2_probe:
-                    out, weights = out[0], out[1].cpu()
-                stitcher.add(out.cpu(), centres[start : start + batch_size], weights)
+                    out, weights = out[0], out[1]
+                stitcher.add(out, centres[start : start + batch_size], weights)
             n_used = int(groups.size)
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -369,6 +446,8 @@ def infer(
         "stitch_weighting": stitch_weighting,
         "phase_sync": phase_sync,
         "fast": bool(fast),
+        "compiled": predict.compiled,
+        "amp": "bf16" if amp else None,
         "device": str(dev),
         "data": data_source,
         "input_guard": guard,

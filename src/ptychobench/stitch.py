@@ -203,6 +203,9 @@ class Stitcher:
     probe : (N, N) complex probe, required by ``"probe"``
     phase_sync : iterations of :func:`synchronise_phases` run by :meth:`result` before the
         patches are summed (0, the default: off, and patches are summed as they arrive)
+    device : where the canvas lives (default CPU). On a GPU, patches coming from the model stay
+        there: :meth:`add` neither copies them to the host nor waits for the GPU (explicit weight
+        maps are checked on the device and any bad one is reported by :meth:`result`)
     """
 
     def __init__(
@@ -215,14 +218,16 @@ class Stitcher:
         weighting: Weighting = "flat",
         probe: torch.Tensor | np.ndarray | None = None,
         phase_sync: int = 0,
+        device: torch.device | str = "cpu",
     ):
+        self.device = torch.device(device)
         self.weighting = validate_weighting(weighting)
         self.phase_sync = validate_phase_sync(phase_sync)
         self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.shape = (int(shape[0]), int(shape[1]))
         self.N = int(N)
         self.M = validate_crop_size(M, N)
-        self.origin = torch.tensor(origin, dtype=torch.float64)
+        self.origin = torch.tensor(origin, dtype=torch.float64, device=self.device)
         self.probe_weight: torch.Tensor | None = None
         if self.weighting == "probe":
             if probe is None:
@@ -230,9 +235,10 @@ class Stitcher:
                     "stitch weighting 'probe': expected the probe ((N, N) complex) to weight "
                     "pixels by |P|², found none"
                 )
-            self.probe_weight = probe_weight(probe, self.N).cpu()
-        self.canvas = torch.zeros(self.shape, dtype=torch.complex64)
-        self.weight = torch.zeros(self.shape, dtype=torch.float32)
+            self.probe_weight = probe_weight(probe, self.N).to(self.device)
+        self.canvas = torch.zeros(self.shape, dtype=torch.complex64, device=self.device)
+        self.weight = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+        self._bad_weights = torch.zeros((), dtype=torch.bool, device=self.device)
         self.count = 0
 
     def add(
@@ -246,8 +252,8 @@ class Stitcher:
         ``weights`` : optional (B, N, N) real, >= 0, one weight map per patch; replaces the
         default weight of either mode (the whole N×N patch counts, no crop).
         """
-        p = torch.as_tensor(patches).detach().to("cpu", torch.complex64)
-        c = torch.as_tensor(coords, dtype=torch.float64).cpu() + self.origin
+        p = torch.as_tensor(patches).detach().to(self.device, torch.complex64)
+        c = torch.as_tensor(coords, dtype=torch.float64).to(self.device) + self.origin
         if p.ndim != 3 or p.shape[-1] != self.N or p.shape[-2] != self.N:
             raise ValueError(f"patches: expected (B, {self.N}, {self.N}), found {tuple(p.shape)}")
         if c.shape != (p.shape[0], 2):
@@ -258,15 +264,17 @@ class Stitcher:
         elif weights is None:
             w = self.probe_weight.expand(p.shape[0], self.N, self.N)
         else:
-            w = torch.as_tensor(weights).detach().to("cpu")
+            w = torch.as_tensor(weights).detach().to(self.device)
             if w.is_complex() or tuple(w.shape) != tuple(p.shape):
                 raise ValueError(
                     f"weights: expected real ({p.shape[0]}, {self.N}, {self.N}), found "
                     f"{'complex ' if w.is_complex() else ''}{tuple(w.shape)}"
                 )
             w = w.to(torch.float32)
-            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            bad = (~torch.isfinite(w)).any() | (w < 0).any()
+            if self.device.type == "cpu" and bool(bad):
                 raise ValueError("weights: expected finite values >= 0")
+            self._bad_weights |= bad  # on a GPU: checked once, by result()
         w = w.contiguous()
         self.count += p.shape[0]
         if self.phase_sync:
@@ -282,6 +290,8 @@ class Stitcher:
 
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """(image (H, W) complex64, coverage Σw (H, W) float32); zeros where Σw ≤ min_weight."""
+        if bool(self._bad_weights):
+            raise ValueError("weights: expected finite values >= 0 (a weight map added was not)")
         if self._held:
             # patches of equal side are synchronised together (flat crops, or N×N maps)
             sides = sorted({p.shape[-1] for p, _, _ in self._held})
@@ -296,7 +306,7 @@ class Stitcher:
         covered = self.weight > min_weight
         safe = torch.where(covered, self.weight, torch.ones_like(self.weight))
         img = torch.where(covered, self.canvas / safe, torch.zeros((), dtype=torch.complex64))
-        return img.numpy(), self.weight.numpy()
+        return img.cpu().numpy(), self.weight.cpu().numpy()
 
 
 def stitch(

@@ -563,8 +563,26 @@ def _data_summary(data: dict[str, torch.Tensor], n_train: int, n_val: int, sha: 
     }
 
 
+RESIDENT_FRACTION = 0.25
+"""On a GPU, the training arrays move to it once when they take at most this fraction of its free
+memory (batches are then gathered on the device); otherwise they are pinned in host memory."""
+
+
+def _stage(data: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The arrays where batches are gathered from: on CPU as they are; on a GPU resident when they
+    fit (:data:`RESIDENT_FRACTION`), else pinned so that each batch's copy does not block."""
+    if device.type != "cuda":
+        return data
+    size = sum(v.numel() * v.element_size() for v in data.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if size <= RESIDENT_FRACTION * free:
+        return {k: v.to(device) for k, v in data.items()}
+    return {k: v.pin_memory() for k, v in data.items()}
+
+
 def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.device) -> dict:
-    return {k: v[idx].to(device) for k, v in data.items()}
+    """Gather rows ``idx`` of every array onto ``device`` (asynchronously from pinned memory)."""
+    return {k: v[idx.to(v.device)].to(device, non_blocking=True) for k, v in data.items()}
 
 
 def _allreduce_sums(dist: _Dist, device: torch.device, *values: float) -> list[float]:
@@ -653,6 +671,7 @@ class _Reporter:
     ) -> None:
         self.enabled, self.epochs, self.steps, self.every_s = enabled, epochs, steps, every_s
         self._last = time.perf_counter()
+        self._shown = 0.0
         self._progress = None
         self._task = None
         if enabled and use_rich:
@@ -684,19 +703,20 @@ class _Reporter:
                 pps="—",
             )
 
-    def step(self, epoch: int, step: int, loss: float, pps: float) -> None:
+    def step(self, epoch: int, step: int, loss: torch.Tensor | float, pps: float) -> None:
+        """Advance one step; ``loss`` (a device scalar) is read only when a line is shown."""
         if not self.enabled:
             return
+        now = time.perf_counter()
         if self._progress is not None:
+            fields: dict[str, str] = {}
+            if now - self._shown >= 0.5:  # the bar refreshes a few times a second anyway
+                self._shown = now
+                fields = {"loss": f"{float(loss):.4g}", "pps": f"{pps:.0f}"}
             self._progress.update(
-                self._task,
-                advance=1,
-                description=f"epoch {epoch}/{self.epochs}",
-                loss=f"{loss:.4g}",
-                pps=f"{pps:.0f}",
+                self._task, advance=1, description=f"epoch {epoch}/{self.epochs}", **fields
             )
             return
-        now = time.perf_counter()
         if now - self._last >= self.every_s:
             self._last = now
             log.info(
@@ -705,7 +725,7 @@ class _Reporter:
                 self.epochs,
                 step,
                 self.steps,
-                loss,
+                float(loss),
                 pps,
             )
 
@@ -985,7 +1005,7 @@ def _setup(
     )
     return _Run(
         base=base,
-        data=data,
+        data=_stage(data, device),
         cfg=cfg,
         out_dir=out_dir,
         device=device,
@@ -1141,19 +1161,20 @@ def _run_epoch(
     mine = shard_indices(perm, dist.rank, dist.world)
     lr = float(opt.param_groups[0]["lr"])
     base.train()
-    loss_sum, count = 0.0, 0
+    # the loss stays on the device: on a GPU reading it every step would make the host wait for
+    # the step to finish; on CPU reading it is free and names the first bad step
+    per_step = run.device.type == "cpu"
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    count = 0
     for step, s in enumerate(range(0, mine.numel(), cfg.batch_size)):
         idx = mine[s : s + cfg.batch_size]
         batch = _batch(run.data, idx, run.device)
         opt.zero_grad(set_to_none=True)
         with run.autocast():
             loss = run.net(batch)
-        value = float(loss.detach().float())
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"non-finite training loss ({value}) at epoch {epoch + 1}, step {step + 1}; "
-                f"the checkpoint of epoch {epoch} is kept — lower lr or check the data"
-            )
+        value = loss.detach().double()
+        if per_step and not math.isfinite(float(value)):
+            _non_finite(float(value), epoch, f"step {step + 1}")
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(base.parameters(), cfg.grad_clip)
@@ -1162,8 +1183,18 @@ def _run_epoch(
         count += idx.numel()
         el = time.perf_counter() - t_epoch
         reporter.step(epoch + 1, step + 1, value, count * run.channels * dist.world / max(el, 1e-9))
-    loss_sum, count = _allreduce_sums(dist, run.device, loss_sum, count)
-    return loss_sum / max(count, 1), count, lr
+    total = float(loss_sum)  # the epoch's one wait for the device
+    if not math.isfinite(total):
+        _non_finite(total, epoch, "some step")
+    total, count = _allreduce_sums(dist, run.device, total, count)
+    return total / max(count, 1), count, lr
+
+
+def _non_finite(value: float, epoch: int, where: str) -> None:
+    raise TrainingError(
+        f"non-finite training loss ({value}) at epoch {epoch + 1}, {where}; "
+        f"the checkpoint of epoch {epoch} is kept — lower lr or check the data"
+    )
 
 
 def _validate(run: _Run) -> float | None:
@@ -1172,17 +1203,18 @@ def _validate(run: _Run) -> float | None:
         return None
     dist, cfg = run.dist, run.cfg
     run.base.eval()
-    v_sum, v_n = 0.0, 0
+    v_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    v_n = 0
     my_val = run.val_idx[dist.rank :: dist.world]
     with torch.no_grad():
         for s in range(0, my_val.numel(), cfg.batch_size):
             idx = my_val[s : s + cfg.batch_size]
             with run.autocast():
-                v = float(run.base.loss(_batch(run.data, idx, run.device)).float())
+                v = run.base.loss(_batch(run.data, idx, run.device)).double()
             v_sum += v * idx.numel()
             v_n += idx.numel()
-    v_sum, v_n = _allreduce_sums(dist, run.device, v_sum, v_n)
-    return v_sum / max(v_n, 1)
+    total, v_n = _allreduce_sums(dist, run.device, float(v_sum), v_n)
+    return total / max(v_n, 1)
 
 
 def _end_of_epoch(

@@ -7,7 +7,8 @@
      "conditions": [{"dose", "view", "split", "repeat"}],
      "repeats": [{"repeat", "seeds": {"object", "scan", "noise", "grouping", "training"}}],
      "jobs": {id: {"kind", "dose", "view", "split", "repeat"?, "deps", "key", "status", "seconds",
-                   "peak_rss_mb", "log", "outputs": {path: sha256}, "error", "finished_at"}},
+                   "peak_rss_mb", "peak_gpu_mb" (None without CUDA), "log", "outputs":
+                   {path: sha256}, "error", "finished_at"}},
      "runs": [{"started_at", "finished_at", "executor", "only", "n_run", "n_skipped",
                "n_failed", "n_blocked"}],
      "environment": {...}}
@@ -223,6 +224,22 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux ≥ 4.0)
 
 
+def _reset_peak_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gpu_mb() -> float | None:
+    """Peak GPU memory allocated by torch since :func:`_reset_peak_gpu` (None without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def _peak_rss_mb() -> float:
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -282,6 +299,7 @@ def _new_record(job: Job) -> dict[str, Any]:
         "status": "pending",
         "seconds": None,
         "peak_rss_mb": None,
+        "peak_gpu_mb": None,
         "outputs": {},
         "error": None,
         "finished_at": None,
@@ -322,6 +340,7 @@ def run_one(
     if threads:
         torch.set_num_threads(threads)
     _reset_peak_rss()
+    _reset_peak_gpu()
     t0 = time.perf_counter()
     with _job_log(run_dir / job.log, listener):
         log.info("%s: start (key %s)", job.id, key[:12])
@@ -342,6 +361,7 @@ def run_one(
                 torch.set_num_threads(prev_threads)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record["peak_rss_mb"] = _peak_rss_mb()
+        record["peak_gpu_mb"] = _peak_gpu_mb()
         log.info("%s: %s in %.1f s", job.id, record["status"], record["seconds"])
     if record["status"] == "success" or all((run_dir / o).exists() for o in job.outputs):
         record["outputs"] = output_hashes(run_dir, job)
