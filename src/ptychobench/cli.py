@@ -869,6 +869,14 @@ def study_run(
             help="Override the design's repeats (a different study: it gets its own run dir).",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the design and print the planned jobs and each view's position and "
+            "group counts; write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole study (or resume it: finished jobs with unchanged inputs are skipped).
 
@@ -894,6 +902,9 @@ def study_run(
 
             design, text = with_repeats(design, text, repeats)
         run_dir = out if out is not None else Path("runs") / design.name
+        if dry_run:
+            _print_plan(design, run_dir, parse_only(only))
+            return
         if post_verify_only:
             rep = verify_study(run_dir)
             _print_verify(run_dir, rep)
@@ -914,13 +925,38 @@ def study_run(
             f"{len(res.failed)} failed, {len(res.blocked)} blocked"
         )
         if not res.ok:
-            typer.echo(f"error: {res.failure_summary()}", err=True)
+            for line in res.failure_summary():
+                typer.echo(f"error: {line}", err=True)
             raise typer.Exit(code=1)
         if (run_dir / "analysis" / "report.html").exists() and not only:
             _print_verdict(run_dir, design.repeats)
             typer.echo(f"report: {run_dir / 'analysis' / 'report.html'}")
 
     _run(go)
+
+
+def _print_plan(design, run_dir: Path, only: dict) -> None:
+    """``study run --dry-run``: the plan check's counts and the planned jobs; nothing written."""
+    from collections import Counter
+
+    from ptychobench.study.feasibility import check_design
+    from ptychobench.study.jobs import plan
+    from ptychobench.study.run import select
+
+    jobs = select(plan(design), only, design)
+    feasible = check_design(design)
+    kinds = ", ".join(f"{k} {n}" for k, n in Counter(j.kind for j in jobs).items())
+    typer.echo(
+        f"plan: {design.name}: {len(design.doses)} dose(s) × {design.repeats} repeat(s) × "
+        f"{len(design.views)} view(s); {len(jobs)} jobs ({kinds})"
+    )
+    for line in feasible.lines():
+        typer.echo(line)
+    import textwrap
+
+    for line in textwrap.wrap("jobs: " + " ".join(j.id for j in jobs), width=100):
+        typer.echo(line)
+    typer.echo(f"dry run: nothing written (the run would go to {run_dir})")
 
 
 def _print_verdict(run_dir: Path, repeats: int) -> None:
@@ -944,9 +980,10 @@ def _print_verify(run_dir: Path, rep: dict) -> None:
         f"{rep['n_valid']}/{rep['n_checks']} checks valid"
     )
     if not rep["all_valid"]:
-        for c in rep["checks"]:
-            if not c["valid"]:
-                typer.echo(f"error: {c['name']}: {c['detail']}", err=True)
+        from ptychobench.study.verify import failure_lines
+
+        for line in failure_lines(run_dir, rep):
+            typer.echo(f"error: {line}", err=True)
         raise typer.Exit(code=1)
 
 

@@ -28,7 +28,7 @@ from ptychobench.physics.objects import make_object
 from ptychobench.physics.probes import make_probe, probe_info
 from ptychobench.physics.scans import make_scan
 
-__all__ = ["SimulationConfig", "simulate", "resolve_probe", "resolve_object"]
+__all__ = ["SimulationConfig", "simulate", "resolve_probe", "resolve_object", "scan_positions"]
 
 
 class SimulationConfig(BaseModel):
@@ -116,6 +116,24 @@ def resolve_object(cfg: SimulationConfig) -> np.ndarray:
     )
 
 
+def scan_positions(
+    cfg: SimulationConfig, probe: np.ndarray, object_shape: tuple[int, int]
+) -> np.ndarray:
+    """(n, 2) float64 scan coordinates (x, y) that :func:`simulate` uses for ``cfg`` — cheap
+    (no diffraction), so a study can count its positions before it runs."""
+    return make_scan(
+        cfg.scan,
+        object_shape,
+        cfg.N,
+        step_px=cfg.step_px,
+        overlap=cfg.overlap,
+        n_positions=cfg.n_positions,
+        probe_diameter_px=probe_info(probe).effective_diameter_px,
+        jitter_px=cfg.jitter_px,
+        seed=cfg.resolved_scan_seed,
+    )
+
+
 def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDataset:
     """Simulate a ptychography dataset with ground truth.
 
@@ -138,17 +156,7 @@ def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDatas
     probe_np = resolve_probe(cfg.probe, N)
     obj_np = resolve_object(cfg)
     info = probe_info(probe_np)
-    coords = make_scan(
-        cfg.scan,
-        obj_np.shape,
-        N,
-        step_px=cfg.step_px,
-        overlap=cfg.overlap,
-        n_positions=cfg.n_positions,
-        probe_diameter_px=info.effective_diameter_px,
-        jitter_px=cfg.jitter_px,
-        seed=cfg.resolved_scan_seed,
-    )
+    coords = scan_positions(cfg, probe_np, obj_np.shape)
     n = coords.shape[0]
     obj = torch.from_numpy(np.ascontiguousarray(obj_np, dtype=np.complex64)).to(device)
     probe = torch.from_numpy(np.ascontiguousarray(probe_np, dtype=np.complex64)).to(device)

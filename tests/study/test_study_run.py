@@ -388,8 +388,9 @@ def test_failed_job_blocks_only_its_dependants(tmp_path, monkeypatch):
     assert rec["status"] == "failed" and "synthetic failure" in rec["error"]
     log = (run / rec["log"]).read_text()
     assert "synthetic failure" in log and "Traceback" in log
-    assert "train_baseline.dose_1000.sparse" in res.failure_summary()
-    assert rec["log"] in res.failure_summary()
+    summary = "\n".join(res.failure_summary())
+    assert "train_baseline.dose_1000.sparse" in summary
+    assert rec["log"] in summary
     assert not (run / "models/dose_1000/sparse/baseline").exists()  # nothing half-published
 
 

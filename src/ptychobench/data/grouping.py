@@ -23,14 +23,14 @@ from scipy.spatial import cKDTree
 
 from ptychobench.data.dataset import DatasetError, PtychoDataset, validate
 
-__all__ = ["group_centres", "group_offsets", "make_groups", "make_view", "subsample"]
+__all__ = ["group_centres", "group_offsets", "make_groups", "make_view", "n_kept", "subsample"]
 
 log = logging.getLogger(__name__)
 
 GRIDSIZES = (1, 2)
 
 
-def _n_keep(s_img: float, n: int) -> int:
+def n_kept(s_img: float, n: int) -> int:
     """round(s_img·n) with halves rounded up, at least 1."""
     return max(1, int(math.floor(s_img * n + 0.5)))
 
@@ -66,7 +66,7 @@ def subsample(ds: PtychoDataset, s_img: float, seed: int) -> PtychoDataset:
     n = ds.n
     if n < 1:
         raise DatasetError("key 'diffraction': expected at least 1 pattern to subsample, found n=0")
-    k = _n_keep(float(s_img), n)
+    k = n_kept(float(s_img), n)
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(n, size=k, replace=False))
     record = {

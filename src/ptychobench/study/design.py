@@ -68,6 +68,19 @@ class ViewSpec(_Strict):
         None, description="stitch weighting for this view (default: metrics.stitch_weighting)"
     )
 
+    def groups_for(self, positions: int) -> tuple[int, str | None]:
+        """Groups this view makes from ``positions`` kept positions, and a warning if capped.
+
+        ``n_groups`` None: one group per position. ``n_groups`` above the positions: capped to
+        them (no oversampling), so a preset works on any object, probe and scan; the warning
+        names both numbers.
+        """
+        if self.n_groups is None:
+            return positions, None
+        if self.n_groups <= positions:
+            return self.n_groups, None
+        return positions, f"n_groups = {self.n_groups} > {positions} positions: capped to them"
+
 
 class SplitSpec(_Strict):
     axis: Literal["x", "y"] = "y"

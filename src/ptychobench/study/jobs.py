@@ -363,17 +363,20 @@ def _run_split(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progre
 
 
 def _run_view(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
-    from ptychobench.data.grouping import make_view
+    from ptychobench.data.grouping import make_view, n_kept
     from ptychobench.data.overlap import overlap_report, write_overlap_json
     from ptychobench.physics.probes import probe_info
 
     spec = design.views[job.view]
     ds = _load(run_dir / _data(job.dose, f"{job.split}.npz", repeat=job.repeat))
+    n_groups, capped = spec.groups_for(n_kept(spec.s_img, ds.n))
+    if capped:
+        log.warning("views.%s.%s (%s split)", job.view, capped, job.split)
     v = make_view(
         ds,
         spec.gridsize,
         s_img=spec.s_img,
-        n_groups=spec.n_groups,
+        n_groups=n_groups if spec.n_groups is not None else None,
         neighbor_count=spec.neighbor_count,
         seed=design.seeds_for(job.repeat)["grouping"],
     )

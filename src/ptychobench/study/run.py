@@ -39,6 +39,8 @@ from typing import Any
 
 from ptychobench.data.io import atomic_open
 from ptychobench.study.design import StudyDesign, design_from_dict
+from ptychobench.study.feasibility import check_design
+from ptychobench.study.feasibility import summary as feasibility_summary
 from ptychobench.study.jobs import (
     STAGING,
     Job,
@@ -87,14 +89,37 @@ class StudyResult:
     def ok(self) -> bool:
         return not (self.failed or self.blocked)
 
-    def failure_summary(self) -> str:
-        parts = [
-            f"{j} failed: {self.errors.get(j, '')} (log: {self.run_dir / self.logs[j]})"
-            for j in self.failed
-        ]
-        if self.blocked:
-            parts.append(f"{len(self.blocked)} dependent job(s) blocked")
-        return "; ".join(parts)
+    def failure_summary(self) -> list[str]:
+        """A few console lines (each ≤ :data:`MAX_LINE` characters): how many jobs failed and
+        were blocked, the first failure's one-line cause and its log, where the full list is."""
+        head = f"{len(self.failed)} job(s) failed, {len(self.blocked)} blocked"
+        lines = []
+        if self.failed:
+            first = self.failed[0]
+            lines.append(f"{head}; first: {first}: {one_line(self.errors.get(first, ''))}")
+            if first in self.logs:
+                lines.append(f"its log: {self.run_dir / self.logs[first]}")
+        else:
+            lines.append(head)
+        where = f"every job's status and error: {self.run_dir / MANIFEST}"
+        if (self.run_dir / "analysis" / "report.html").exists():
+            where += f" and {self.run_dir / 'analysis' / 'report.html'}"
+        lines.append(where)
+        return [clip(line) for line in lines]
+
+
+MAX_LINE = 300
+"""Longest console line the study prints; full texts stay in the manifest and the logs."""
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """The first line of ``text``, cut to ``limit`` characters (with an ellipsis)."""
+    first = (text or "").strip().splitlines()
+    return clip(first[0] if first else "", limit)
+
+
+def clip(text: str, limit: int = MAX_LINE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,11 +427,7 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                 rep = verify.verify(run_dir)
                 paths.append(run_dir / "analysis" / "verification_report.json")
                 if not rep["all_valid"]:
-                    bad = [c for c in rep["checks"] if not c["valid"]]
-                    raise JobFailed(
-                        f"{len(bad)} of {rep['n_checks']} checks invalid: "
-                        + "; ".join(f"{c['name']}: {c['detail']}" for c in bad)
-                    )
+                    raise JobFailed("; ".join(verify.failure_lines(run_dir, rep)))
             record["status"] = "success"
         except Exception as exc:
             paths = []
@@ -430,8 +451,11 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 class _Display:
     """A bar over jobs plus the current job's latest log line (rich on a TTY, else log lines)."""
 
+    every_s = 30.0  # plain mode: at most one progress line per this many seconds
+
     def __init__(self, total: int, enabled: bool):
         self.enabled = enabled
+        self._last = time.perf_counter()
         self.progress = None
         self.done = 0
         self.total = total
@@ -464,17 +488,30 @@ class _Display:
             self.progress.update(self.current, description=f"  {msg[:100]}")
 
     def finish(self, job_id: str, record: dict[str, Any]) -> None:
+        """Count the job; print a line for a failure (always), for progress in plain mode (at
+        most every :attr:`every_s` seconds); blocked jobs only count (the summary says how
+        many), so a broken dependency does not flood the console."""
         self.done += 1
-        status = "skipped (up to date)" if record.get("skipped") else record["status"]
+        status = record["status"]
+        if status == "blocked":
+            if self.progress is not None:
+                self.progress.update(self.task, advance=1)
+            return
         secs = record.get("seconds")
-        line = f"[{self.done}/{self.total}] {job_id}: {status}" + (
+        shown = "skipped (up to date)" if record.get("skipped") else status
+        line = f"[{self.done}/{self.total}] {job_id}: {shown}" + (
             f" in {secs:.1f} s" if secs is not None and not record.get("skipped") else ""
         )
+        if status == "failed":
+            line = clip(f"{line}: {one_line(record.get('error') or '')}")
         if self.progress is not None:
             self.progress.update(self.task, advance=1)
-            if record["status"] != "success":
+            if status != "success":
                 self.progress.console.print(line)
-        else:
+            return
+        now = time.perf_counter()
+        if status != "success" or now - self._last >= self.every_s or self.done == self.total:
+            self._last = now
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -680,7 +717,11 @@ def run_study(
         raise StudyError("--scheduler/--workers need --executor dask")
     run = Path(run_dir)
     jobs = select(plan(design), only or {}, design)  # a bad filter fails before anything is written
+    feasible = check_design(design)  # so does a design its object, probe or scan cannot hold
+    for warning in feasible.warnings:
+        log.warning("%s", warning)
     manifest = _prepare(run, design, design_text, clobber)
+    manifest["plan_check"] = feasibility_summary(feasible)
     result = StudyResult(run_dir=run)
     # recorded up front so a killed run still leaves its trace (finished_at stays null)
     this_run: dict[str, Any] = {

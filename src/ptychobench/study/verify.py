@@ -803,3 +803,17 @@ def verify(run_dir: Path) -> dict:
         json.dump(report, fh, indent=2, sort_keys=True)
         fh.write("\n")
     return report
+
+
+def failure_lines(run_dir: Path, report: dict, shown: int = 3, limit: int = 300) -> list[str]:
+    """A failed verification in a few lines (each ≤ ``limit`` characters): how many checks are
+    invalid, the first ``shown`` with the first line of their detail, and where the rest is."""
+    bad = [c for c in report["checks"] if not c["valid"]]
+    lines = [f"{len(bad)} of {report['n_checks']} checks invalid"]
+    for c in bad[:shown]:
+        detail = (str(c["detail"]).strip().splitlines() or [""])[0]
+        lines.append(f"{c['name']}: {detail}")
+    rest = f"and {len(bad) - shown} more; " if len(bad) > shown else ""
+    lines.append(f"{rest}every check's detail: {Path(run_dir) / REPORT}")
+    return [ln if len(ln) <= limit else ln[: limit - 1] + "…" for ln in lines]
+
