@@ -393,3 +393,16 @@ def test_edited_verdict_cell_is_caught(run):
     p.write_text(html.replace(m.group(0), 'data-gone="1"', 1))
     write_inventory(run)
     assert "expected a verdict-grid cell" in checks(verify(run))["report agrees"]["detail"]
+
+
+def test_a_failed_verification_reads_in_five_short_lines(tmp_path):
+    from ptychobench.study.verify import REPORT, failure_lines
+
+    checks = [{"name": f"check {i}", "valid": i >= 5, "detail": "y" * 900 + "\nmore"}
+              for i in range(8)]
+    rep = {"all_valid": False, "n_checks": 8, "n_valid": 3, "n_invalid": 5, "checks": checks}
+    lines = failure_lines(tmp_path, rep)
+    assert lines[0] == "5 of 8 checks invalid"
+    assert [line.split(":")[0] for line in lines[1:4]] == ["check 0", "check 1", "check 2"]
+    assert lines[-1] == f"and 2 more; every check's detail: {tmp_path / REPORT}"
+    assert len(lines) == 5 and max(map(len, lines)) <= 300 and "more" not in lines[1]

@@ -37,9 +37,12 @@ TUPLE_METRICS = (
     "frc50",
     "frc1over7",
     "frc_halfbit",
+    "halfscan_frc_halfbit",
+    "halfscan_frc1over7",
 )
 SCALAR_ROWS = (
     "nrmse",
+    "heldout_nll_rel",
     "registration_offset_dy",
     "registration_offset_dx",
     "computation_time_s",
@@ -155,6 +158,7 @@ def compare(
     data_source: str = "dataset",
     region_coords: np.ndarray | None = None,
     snapshots: dict[str, np.ndarray] | None = None,
+    reference_free: dict[str, dict[str, Any]] | None = None,
 ) -> CompareResult:
     """Align, score and write the comparison of ``arms`` against ``ds.objectGuess``.
 
@@ -171,6 +175,10 @@ def compare(
     snapshots : name -> (H, W) complex intermediate objects of an arm (e.g. LSQML after k
         epochs): aligned together with the arms (so they share the arms' scored pixels) and
         scored into ``result.snapshots[name] = (amplitude SSIM, phase SSIM)``; written nowhere
+    reference_free : name -> scores that need no ground truth
+        (:mod:`ptychobench.evaluate.reference_free`: ``heldout_nll_rel``,
+        ``halfscan_frc_halfbit`` and ``halfscan_frc1over7`` as (amplitude, phase)), written
+        beside the arm's ground-truth scores
 
     Returns
     -------
@@ -279,6 +287,7 @@ def compare(
             else {}
         )
         s.update(arm_cost(name, meta))
+        s.update((reference_free or {}).get(name, {}))
         s["n_patterns"] = meta.get("n_patterns", ds.n)
         if meta.get("debug_limited"):
             s["debug_limited"] = True

@@ -74,7 +74,7 @@ ARMS: tuple[str, ...] = (
 )
 
 #: Tuple metrics where a smaller value is better ("best" is then the minimum).
-LOWER_IS_BETTER = frozenset({"mae", "mse", "nrmse"})
+LOWER_IS_BETTER = frozenset({"mae", "mse", "nrmse", "heldout_nll_rel"})
 
 #: Scalar rows never copied into the summary: wall-clock times differ between two runs of the
 #: same study and would break the byte-identical ``metrics_summary.json``.
@@ -560,6 +560,9 @@ VERDICT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("ms_ssim", "phase", "phase MS-SSIM"),
     ("frc50", "phase", "phase FRC50"),
     ("nrmse", "value", "NRMSE"),
+    # reference-free (no ground truth needed; test split): see evaluate.reference_free
+    ("heldout_nll_rel", "value", "held-out NLL (rel.)"),
+    ("halfscan_frc_halfbit", "phase", "half-scan FRC ½-bit (phase)"),
 )
 
 

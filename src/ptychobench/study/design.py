@@ -85,6 +85,13 @@ class ViewSpec(_Strict):
 class SplitSpec(_Strict):
     axis: Literal["x", "y"] = "y"
     fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    heldout_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="fixed random fraction of the test positions withheld from every arm; the "
+        "arms' objects predict them (held-out Poisson NLL, a reference-free score); 0 = none",
+    )
 
 
 class SimulationSpec(_Strict):

@@ -3,7 +3,8 @@
 A study's views are written for the shipped objects (``n_groups = 128`` groups per split of the
 ``quick`` dense view, say). A user's own object, probe or scan can leave fewer positions than
 that; the check counts, for every repeat, the scan positions, both halves of the spatial split and
-each view's kept positions and groups — from the scan alone, without simulating a pattern — and
+each view's kept positions and groups (the test half without its withheld positions) — from the
+scan alone, without simulating a pattern — and
 
 * refuses what cannot run in one line naming the design key and the numbers
   (:class:`~ptychobench.study.design.DesignError`): a probe of the wrong size, an object too small
@@ -25,6 +26,7 @@ import numpy as np
 
 from ptychobench.data.grouping import n_kept
 from ptychobench.data.split import split_value
+from ptychobench.evaluate.reference_free import heldout_count
 from ptychobench.study.design import DesignError, StudyDesign
 from ptychobench.study.jobs import SPLITS
 
@@ -159,7 +161,8 @@ def _halves(design: StudyDesign, coords: np.ndarray, repeat: int) -> dict[str, i
     axis, fraction = design.split.axis, design.split.fraction
     c = coords[:, 0 if axis == "x" else 1]
     train = int((c < split_value(c, fraction)).sum())
-    half = {"train": train, "test": int(c.size - train)}
+    test = int(c.size - train)
+    half = {"train": train, "test": test - heldout_count(test, design.split.heldout_fraction)}
     if min(half.values()) == 0:
         raise DesignError(
             f"split.fraction: {fraction:g} along {axis} leaves an empty half (train "

@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 FINAL_KINDS = ("aggregate", "report", "verify")
 GPU_KINDS = ("train_pinn", "train_baseline", "iterative", "hybrid_lsqml", "ttr", "compare")
 SPLITS = ("train", "test")
+HELDOUT = "heldout.npz"
+"""Per dose and repeat: the test positions withheld from every arm (reference-free NLL)."""
+HALVES = "halves.npz"
+"""Per test view: every arm's reconstructions of the two interleaved half-scans."""
 STAGING = ".staging"
 
 
@@ -134,7 +138,12 @@ def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
         return Job(jid, kind, tuple(deps), tuple(outputs), dose, view, split, repeat)
 
     sim = job(f"simulate.{dd}", "simulate", (), (data("full.npz"),))
-    spl = job(f"split.{dd}", "split", (sim.id,), (data("train.npz"), data("test.npz")))
+    spl = job(
+        f"split.{dd}",
+        "split",
+        (sim.id,),
+        (data("train.npz"), data("test.npz"), data(HELDOUT)),
+    )
     jobs = [sim, spl]
     for view in design.views:
         view_ids = {}
@@ -175,6 +184,16 @@ def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
                 jobs.append(it)
                 reads.append(it.id)
             if split == "test":
+                halves = job(
+                    f"halves.{dd}.{view}.{split}",
+                    "halves",
+                    (view_ids[split], *trains.values()),
+                    (f"halves/{dd}/{view}/{split}/{HALVES}",),
+                    view,
+                    split,
+                )
+                jobs.append(halves)
+                reads.append(halves.id)
                 for kind, arm in (("hybrid_lsqml", "PtychoPINN+LSQML"), ("ttr", "PtychoPINN+TTR")):
                     if not design.has(arm):
                         continue
@@ -217,7 +236,15 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     if job.kind == "simulate":
         return design.simulation_config(job.dose, job.repeat).model_dump()
     if job.kind == "split":
-        return design.split.model_dump()
+        return {**design.split.model_dump(), "heldout_seed": _heldout_seed(design, job)}
+    if job.kind == "halves":
+        return {
+            "arms": [a for a in design.arms if a in HALF_ARMS],
+            "iterative": design.iterative_config().model_dump(exclude={"progress", "device"}),
+            "lsqml_epochs": design.hybrid.lsqml_epochs,
+            "ttr": _ttr_config(design, job.repeat).model_dump(exclude={"device"}),
+            "start": _start_settings(job, design),
+        }
     if job.kind == "view":
         # the stitch weighting only matters to compare (its key has the resolved value)
         view = design.views[job.view].model_dump(exclude={"stitch_weighting"})
@@ -354,12 +381,24 @@ def _run_simulate(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pro
 
 
 def _run_split(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
+    """train / test halves of the scan, and the test positions withheld from every arm."""
+    import numpy as np
+
     from ptychobench.data.split import split
+    from ptychobench.evaluate.reference_free import heldout_indices
 
     full = _load(run_dir / _data(job.dose, "full.npz", repeat=job.repeat))
     train, test = split(full, axis=design.split.axis, fraction=design.split.fraction)
+    held = heldout_indices(test.n, design.split.heldout_fraction, _heldout_seed(design, job))
+    rest = np.setdiff1d(np.arange(test.n), held)
+    record = {"op": "heldout", "fraction": design.split.heldout_fraction, "n_test": test.n}
     _save(train, stage / job.outputs[0])
-    _save(test, stage / job.outputs[1])
+    _save(test.select(rest, transformation=record | {"part": "kept"}), stage / job.outputs[1])
+    _save(test.select(held, transformation=record | {"part": "withheld"}), stage / job.outputs[2])
+
+
+def _heldout_seed(design: StudyDesign, job: Job) -> int:
+    return design.seeds_for(job.repeat)["grouping"] + 7919  # not the grouping's own stream
 
 
 def _run_view(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
@@ -371,7 +410,7 @@ def _run_view(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progres
     ds = _load(run_dir / _data(job.dose, f"{job.split}.npz", repeat=job.repeat))
     n_groups, capped = spec.groups_for(n_kept(spec.s_img, ds.n))
     if capped:
-        log.warning("views.%s.%s (%s split)", job.view, capped, job.split)
+        log.info("views.%s.%s (%s split)", job.view, capped, job.split)  # the plan check warned
     v = make_view(
         ds,
         spec.gridsize,
@@ -569,6 +608,76 @@ def _run_ttr(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress
     write_reconstruction(res.reconstruction, stage / job.outputs[0] / "recon.npz")
 
 
+HALF_ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
+
+
+def _run_halves(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
+    """Every arm reconstructs the two interleaved halves of the test view, independently (the
+    half-scan FRC of compare). An arm that cannot run on a half is recorded, not fatal."""
+    import json
+
+    import numpy as np
+
+    from ptychobench.data.io import atomic_open
+    from ptychobench.evaluate.reference_free import interleaved_halves
+
+    rel = _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat)
+    ds = _load(run_dir / rel)
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"n": [], "seconds": {}, "errors": {}}
+    for half, idx in zip("ab", interleaved_halves(ds.n), strict=True):
+        sub = ds.select(idx, transformation={"op": "half_scan", "half": half})
+        meta["n"].append(int(sub.n))
+        for name, rec in _half_arms(job, design, run_dir, sub, rel).items():
+            if isinstance(rec, BaseException):
+                meta["errors"][f"{name}.{half}"] = f"{type(rec).__name__}: {rec}"
+                log.warning("%s on half %s: %s", name, half, rec)
+                continue
+            arrays[f"{name}.{half}"] = rec.reconstructed_object.astype(np.complex64)
+            meta["seconds"][f"{name}.{half}"] = rec.metadata.get("seconds")
+    out = stage / job.outputs[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out, "wb") as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+
+
+def _half_arms(job: Job, design: StudyDesign, run_dir: Path, ds, rel) -> dict[str, Any]:
+    """name → Reconstruction (or the exception) of every arm on one half-scan ``ds``."""
+    from ptychobench.iterative import reconstruct
+    from ptychobench.models.bundle import load_bundle
+    from ptychobench.refine import refine
+
+    def attempt(fn):
+        try:
+            return fn()
+        except Exception as exc:  # one arm's failure leaves the others' halves
+            return exc
+
+    out: dict[str, Any] = {}
+    for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
+        if design.has(name):
+            out[name] = attempt(
+                lambda a=arm, n=name: _network_recon(job, design, run_dir, a, n, ds, rel)
+            )
+    if design.has("PtyChi"):
+        out["PtyChi"] = attempt(lambda: reconstruct(ds, design.iterative_config()))
+    start = out.get("PtychoPINN")
+    if design.has("PtychoPINN+LSQML"):
+        cfg = design.iterative_config().model_copy(update={"epochs": design.hybrid.lsqml_epochs})
+        out["PtychoPINN+LSQML"] = (
+            start
+            if isinstance(start, BaseException)
+            else attempt(lambda: reconstruct(ds, cfg, init_object=start))
+        )
+    if design.has("PtychoPINN+TTR"):
+        bundle = run_dir / "models" / job.dd / job.view / "pinn"
+        ttr = _ttr_config(design, job.repeat)
+        out["PtychoPINN+TTR"] = attempt(
+            lambda: refine(load_bundle(bundle)[0], ds, ttr).reconstruction
+        )
+    return out
+
+
 def _crop(job: Job, design: StudyDesign) -> int | None:
     spec = design.views[job.view]
     return spec.crop_size_M if spec.crop_size_M is not None else design.metrics.crop_size_M
@@ -618,14 +727,62 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
             arms[name] = exc
     snapshots, curve_rows = _load_snapshots(job, design, run_dir, arms)
     out = stage / job.outputs[0]
+    free = _reference_free(job, run_dir, ds, arms) if job.split == "test" else None
     res = compare(
-        ds, arms, out, _compare_settings(job, design), data_source=rel, snapshots=snapshots
+        ds,
+        arms,
+        out,
+        _compare_settings(job, design),
+        data_source=rel,
+        snapshots=snapshots,
+        reference_free=free,
     )
     _write_curves(out, curve_rows, res.snapshots)
     if res.errors:
         raise JobFailed(
             "; ".join(f"{arm}: {msg}" for arm, msg in sorted(res.errors.items())) + f" (data {rel})"
         )
+
+
+def _reference_free(job: Job, run_dir: Path, ds, arms: dict[str, Any]) -> dict[str, dict]:
+    """Held-out NLL and half-scan FRC of every arm of a test comparison (a score that cannot be
+    computed is left out and logged; the ground-truth scores do not depend on it)."""
+    import json
+
+    import numpy as np
+
+    from ptychobench.evaluate.reference_free import half_scan_frc, heldout_nll, scanned_box
+
+    try:
+        held = _load(run_dir / _data(job.dose, HELDOUT, repeat=job.repeat))
+    except (OSError, ValueError) as exc:  # the ground-truth scores do not need it
+        log.warning("held-out patterns unusable, no held-out NLL: %s", exc)
+        held = None
+    halves_path = run_dir / "halves" / job.dd / job.view / job.split / HALVES
+    halves: dict[str, np.ndarray] = {}
+    if halves_path.exists():
+        with np.load(halves_path, allow_pickle=False) as f:
+            halves = {k: f[k] for k in f.files if k != "meta"}
+            errors = json.loads(str(f["meta"]))["errors"]
+        for key, msg in errors.items():
+            log.info("half-scan %s: %s", key, msg)
+    counts = held.diffraction.astype(np.float64) ** 2 if held is not None else None
+    out: dict[str, dict] = {}
+    for name, rec in arms.items():
+        scores: dict[str, Any] = {}
+        if not isinstance(rec, BaseException) and held is not None and held.n:
+            try:
+                h = heldout_nll(rec.reconstructed_object, ds.probeGuess, held.coords, counts)
+                scores["heldout_nll_rel"] = h.relative
+            except ValueError as exc:
+                log.warning("%s: held-out NLL: %s", name, exc)
+        a, b = halves.get(f"{name}.a"), halves.get(f"{name}.b")
+        if a is not None and b is not None:
+            f = half_scan_frc(a, b, scanned_box(ds.coords, a.shape))
+            scores["halfscan_frc_halfbit"] = f["halfbit"]
+            scores["halfscan_frc1over7"] = f["1over7"]
+        out[name] = scores
+    return out
 
 
 def _compare_settings(job: Job, design: StudyDesign):
@@ -701,6 +858,7 @@ BODIES: dict[str, Callable[..., None]] = {
     "iterative": _run_iterative,
     "hybrid_lsqml": _run_hybrid_lsqml,
     "ttr": _run_ttr,
+    "halves": _run_halves,
     "compare": _run_compare,
 }
 

@@ -78,10 +78,28 @@ DOSE_RESPONSE_ROWS = (
     ("ssim", "amplitude", "amplitude SSIM"),
 )
 #: Metrics given one table each in the ``tables`` section; nrmse is a scalar (``value``) row.
-TABLE_METRICS = ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
-SCALAR_TABLE_METRICS = ("nrmse",)
+TABLE_METRICS = (
+    "ssim",
+    "ms_ssim",
+    "mae",
+    "frc50",
+    "nrmse",
+    "heldout_nll_rel",
+    "halfscan_frc_halfbit",
+    "halfscan_frc1over7",
+)
+SCALAR_TABLE_METRICS = ("nrmse", "heldout_nll_rel")
 #: Direction of "better" per table metric (used only to highlight the best arm of a row).
-HIGHER_IS_BETTER = {"ssim": True, "ms_ssim": True, "frc50": True, "mae": False, "nrmse": False}
+HIGHER_IS_BETTER = {
+    "ssim": True,
+    "ms_ssim": True,
+    "frc50": True,
+    "mae": False,
+    "nrmse": False,
+    "heldout_nll_rel": False,
+    "halfscan_frc_halfbit": True,
+    "halfscan_frc1over7": True,
+}
 SUMMARY_METRICS = ("ssim", "ms_ssim", "mae", "frc50")
 LOG_TAIL_LINES = 20
 
@@ -832,8 +850,12 @@ def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
         return "<p>No metrics (metrics_long.csv is missing or empty).</p>"
     out = [
         "<p>One table per metric; rows are conditions, columns arms. Bold: best of "
-        "PtychoPINN / Baseline / PtyChi in that row (higher is better for ssim, ms_ssim, frc50; "
-        "lower for mae, nrmse). Flat is the constant-image floor.</p>"
+        "PtychoPINN / Baseline / PtyChi in that row (higher is better for ssim, ms_ssim, frc50 "
+        "and the half-scan FRCs; lower for mae, nrmse and heldout_nll_rel). Flat is the "
+        "constant-image floor. Reference-free scores (test split; no ground truth used): "
+        "heldout_nll_rel, the Poisson NLL of withheld patterns predicted through the known probe "
+        "relative to predicting them by their own mean pattern; halfscan_frc_*, the FRC cut-off "
+        "(cycles/px) between reconstructions of two interleaved halves of the test scan.</p>"
     ]
     for metric in TABLE_METRICS:
         parts = ("value",) if metric in SCALAR_TABLE_METRICS else ("phase", "amplitude")
@@ -1160,7 +1182,8 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
         "lede": (
             f"Held-out (test split) scores, {reps} per condition (independent noise, scan "
             "jitter, grouping and training seeds); headline metric: phase SSIM (higher is "
-            "better); the buttons switch the grid's metric (NRMSE: lower is better)."
+            "better); the buttons switch the grid's metric (NRMSE and held-out NLL: lower is "
+            "better; the last two need no ground truth)."
         ),
         "legend": (
             "Cell: the arm with the best mean over repeats; below it, its margin over the "

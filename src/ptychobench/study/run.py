@@ -285,6 +285,11 @@ def _job_log(path: Path, listener: logging.Handler | None = None) -> Iterator[No
     quiet = [(h, h.level) for h in root.handlers if h.level < old_level]
     for h, _ in quiet:
         h.setLevel(old_level)
+    # and the console proper (the CLI's stream handler) says nothing while a job runs: its
+    # warnings and tracebacks are in the job's log, its failure is one line of the display
+    console = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    for h in console:
+        h.addFilter(_mute)
     root.setLevel(min(old_level, logging.INFO))
     root.addHandler(fh)
     if listener is not None:
@@ -300,7 +305,13 @@ def _job_log(path: Path, listener: logging.Handler | None = None) -> Iterator[No
         root.setLevel(old_level)
         for h, lv in quiet:
             h.setLevel(lv)
+        for h in console:
+            h.removeFilter(_mute)
         fh.close()
+
+
+def _mute(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _outputs_intact(run_dir: Path, job: Job, record: dict[str, Any]) -> bool:
@@ -449,17 +460,24 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Display:
-    """A bar over jobs plus the current job's latest log line (rich on a TTY, else log lines)."""
+    """What the console shows while a study runs.
 
-    every_s = 30.0  # plain mode: at most one progress line per this many seconds
+    ``mode`` ``"rich"`` (a TTY): a bar over jobs plus the current job's latest log line;
+    ``"plain"`` (not a TTY): a progress line at most every :attr:`every_s` seconds;
+    ``"quiet"`` (``--no-progress``): nothing but failures. Every mode prints one short line per
+    failed computing job; blocked jobs and failed closing jobs only count (the final summary
+    says how many), so one broken dependency does not flood the console.
+    """
 
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
+    every_s = 30.0
+
+    def __init__(self, total: int, mode: str):
+        self.mode = mode
         self._last = time.perf_counter()
         self.progress = None
         self.done = 0
         self.total = total
-        if enabled:
+        if mode == "rich":
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -487,30 +505,26 @@ class _Display:
         if self.progress is not None:
             self.progress.update(self.current, description=f"  {msg[:100]}")
 
-    def finish(self, job_id: str, record: dict[str, Any]) -> None:
-        """Count the job; print a line for a failure (always), for progress in plain mode (at
-        most every :attr:`every_s` seconds); blocked jobs only count (the summary says how
-        many), so a broken dependency does not flood the console."""
+    def finish(self, job_id: str, record: dict[str, Any], final: bool = False) -> None:
+        """Count the job and print what its mode prints (see the class docstring)."""
         self.done += 1
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1)
         status = record["status"]
-        if status == "blocked":
-            if self.progress is not None:
-                self.progress.update(self.task, advance=1)
-            return
         secs = record.get("seconds")
         shown = "skipped (up to date)" if record.get("skipped") else status
         line = f"[{self.done}/{self.total}] {job_id}: {shown}" + (
             f" in {secs:.1f} s" if secs is not None and not record.get("skipped") else ""
         )
-        if status == "failed":
+        if status == "failed" and not final:
             line = clip(f"{line}: {one_line(record.get('error') or '')}")
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1)
-            if status != "success":
+            if self.progress is not None:
                 self.progress.console.print(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
             return
         now = time.perf_counter()
-        if status != "success" or now - self._last >= self.every_s or self.done == self.total:
+        if self.mode == "plain" and status != "blocked" and now - self._last >= self.every_s:
             self._last = now
             print(line, file=sys.stderr, flush=True)
 
@@ -601,7 +615,7 @@ def _local(
     display: _Display,
     result: StudyResult,
 ) -> None:
-    listener = _Listener(display) if display.enabled else None
+    listener = _Listener(display) if display.mode == "rich" else None
     for job in jobs:
         if job.final:
             continue
@@ -705,7 +719,8 @@ def run_study(
     only : ``{"dose": 1000.0, "view": "dense", "split": "test"}`` subset (plus what it needs);
         the closing jobs (aggregate, report, verify) run only for an unfiltered run
     clobber : archive the previous contents of ``run_dir`` to ``run_dir/archive/<time>/``
-    progress : rich display (True), plain lines (False), or decide by whether stderr is a TTY
+    progress : rich display (True), failures only (False), or by whether stderr is a TTY (rich,
+        else a plain progress line every 30 s)
 
     Returns
     -------
@@ -732,7 +747,10 @@ def run_study(
     }
     manifest["runs"].append(this_run)
     write_manifest(run, manifest)
-    display = _Display(len(jobs), sys.stderr.isatty() if progress is None else progress)
+    mode = ("rich" if sys.stderr.isatty() else "plain") if progress is None else (
+        "rich" if progress else "quiet"
+    )
+    display = _Display(len(jobs), mode)
     try:
         if executor == "local":
             _local(jobs, design, run, manifest, display, result)
@@ -746,7 +764,7 @@ def run_study(
             manifest["jobs"][job.id] = rec
             write_manifest(run, manifest)
             _store(result, job, rec)
-            display.finish(job.id, rec)
+            display.finish(job.id, rec, final=True)
     finally:
         display.close()
         this_run.update(
