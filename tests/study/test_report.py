@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 
 from ptychobench.evaluate.compare import ARM_ORDER, SCALAR_ROWS, TUPLE_METRICS
-from ptychobench.study.report import dose_response_plot, montage, write_report
+from ptychobench.study.report import (
+    SCALAR_TABLE_METRICS,
+    TABLE_METRICS,
+    dose_response_plot,
+    montage,
+    write_report,
+)
 
 DOSES = (1000.0, 100000.0)
 VIEWS = ("dense", "sparse")
@@ -417,18 +423,8 @@ def test_metric_cells_carry_exact_csv_numbers(variant, request):
     # and every number cell, whatever the metric, equals its CSV number
     assert cells, "no data-value cells"
     for k, (value, text) in cells.items():
-        assert k[2] in (
-            "ssim",
-            "ms_ssim",
-            "mae",
-            "frc50",
-            "nrmse",
-            "computation_time_s",
-            "train_s",
-            "infer_s",
-            "refine_s",
-        )
-        scalar = k[2] == "nrmse" or k[2].endswith("_s")
+        assert k[2] in (*TABLE_METRICS, "computation_time_s", "train_s", "infer_s", "refine_s")
+        scalar = k[2] in SCALAR_TABLE_METRICS or k[2].endswith("_s")
         assert k[3] in (("value",) if scalar else ("phase", "amplitude"))
         assert float(value) == expected[k], k
         assert value == repr(expected[k])
@@ -436,8 +432,7 @@ def test_metric_cells_carry_exact_csv_numbers(variant, request):
     n_tables = sum(
         1
         for k in expected
-        if k[2] in ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
-        and (k[3] == "value") == (k[2] == "nrmse")
+        if k[2] in TABLE_METRICS and (k[3] == "value") == (k[2] in SCALAR_TABLE_METRICS)
     )
     # + the cost table: 4 seconds per arm of each held-out condition
     n_cost = sum(

@@ -182,8 +182,9 @@ def compare(
 
     Returns
     -------
-    CompareResult. Raises ``ValueError`` (after writing reconstructions and the plot) when the
-    dataset has no ground truth.
+    CompareResult. Without ground truth (no ``objectGuess``) only ``reference_free`` scores and
+    costs are written (no Flat floor); without truth and without ``reference_free`` it raises
+    ``ValueError`` after writing the reconstructions and the plot.
     """
     from ptychobench.evaluate.align import align_arms
     from ptychobench.evaluate.frc import frc
@@ -215,6 +216,8 @@ def compare(
             result.errors[name] = str(rec)
         else:
             images[name] = rec.reconstructed_object
+    if ds.objectGuess is None and reference_free is not None:
+        return _compare_without_truth(ds, arms, images, out, result, reference_free)
     if ds.objectGuess is None:
         _write_reconstructions(out / "reconstructions.npz", images, {}, None)
         _plot(out / "comparison_plot.png", {k: v for k, v in images.items()}, None, {})
@@ -307,6 +310,34 @@ def compare(
     _write_frc(out / "frc_curves.csv", result)
     _write_reconstructions(out / "reconstructions.npz", images, alignment.aligned, alignment.truth)
     _plot(out / "comparison_plot.png", alignment.aligned, alignment.truth, alignment.offsets)
+    return result
+
+
+def _compare_without_truth(
+    ds: PtychoDataset,
+    arms: dict[str, Reconstruction | BaseException],
+    images: dict[str, np.ndarray],
+    out: Path,
+    result: CompareResult,
+    reference_free: dict[str, dict[str, Any]],
+) -> CompareResult:
+    """Measured data: each arm's reference-free scores and costs; nothing needs the truth."""
+    result.settings["ground_truth"] = False
+    for name, img in images.items():
+        if not np.isfinite(img).all() or not np.any(img):
+            what = "non-finite values" if not np.isfinite(img).all() else "all zeros"
+            result.errors[name] = f"{name}: reconstruction has {what}"
+            continue
+        meta = arms[name].metadata  # type: ignore[union-attr]
+        s: dict[str, Any] = {**arm_cost(name, meta), **reference_free.get(name, {})}
+        s["n_patterns"] = meta.get("n_patterns", ds.n)
+        result.metrics[name] = s
+    names = _ordered(set(result.metrics) | set(result.errors))
+    _write_csv(out / "comparison_metrics.csv", names, result)
+    _write_json(out / "metrics.json", names, result)
+    _write_frc(out / "frc_curves.csv", result)
+    _write_reconstructions(out / "reconstructions.npz", images, {}, None)
+    _plot(out / "comparison_plot.png", images, None, {})
     return result
 
 

@@ -20,7 +20,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ptychobench.iterative import IterativeConfig
 from ptychobench.train import TrainConfig
@@ -107,6 +115,21 @@ class SimulationSpec(_Strict):
     n_positions: int | None = Field(None, ge=1)
     jitter_px: float = Field(1.0, ge=0.0)
     noise: Literal["poisson", "none"] = "poisson"
+
+
+class DataSpec(_Strict):
+    """Experimental mode: the study runs on this scan instead of simulating one.
+
+    The file (NPZ in the native or reference layout, or CXI) needs ``diffraction``, ``probeGuess``
+    and the positions; ``objectGuess`` (ground truth) and ``Y`` (truth patches, which the
+    supervised Baseline trains on) are optional. There are no doses to sweep: the study's one
+    dose is the data's own mean photons per pattern.
+    """
+
+    file: str = Field(..., description="the scan: .npz or .cxi (relative to the design file)")
+    counts: bool = Field(
+        False, description="the file's diffraction holds photon counts, not amplitudes (sqrt)"
+    )
 
 
 class Seeds(_Strict):
@@ -210,6 +233,10 @@ class StudyDesign(_Strict):
     )
     split: SplitSpec = Field(default_factory=SplitSpec)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    data: DataSpec | None = Field(
+        None,
+        description="experimental mode: a scan file instead of [simulation] (no dose sweep)",
+    )
     seeds: Seeds = Field(default_factory=Seeds)
     pinn: ArmTraining = Field(default_factory=ArmTraining)
     baseline: ArmTraining = Field(default_factory=lambda: ArmTraining(loss="mae"))
@@ -271,6 +298,21 @@ class StudyDesign(_Strict):
         if hybrids and "PtychoPINN" not in v:
             raise ValueError(f"{hybrids[0]} starts from PtychoPINN: expected it in arms too")
         return v
+
+    @model_validator(mode="after")
+    def _data_or_simulation(self) -> StudyDesign:
+        if self.data is not None and "simulation" in self.model_fields_set:
+            raise ValueError("give [data] (a scan file) or [simulation], not both")
+        if self.data is not None and len(self.doses) != 1:
+            raise ValueError(
+                f"a [data] study has one dose, the data's own; found doses {self.doses}"
+            )
+        return self
+
+    @property
+    def experimental(self) -> bool:
+        """Whether the study runs on a scan file (``[data]``) rather than a simulation."""
+        return self.data is not None
 
     def has(self, arm: str) -> bool:
         """Whether the design runs ``arm``."""
@@ -355,7 +397,6 @@ def repeat_seed(base: int, repeat: int) -> int:
     """
     if repeat == 0:
         return int(base)
-    import numpy as np
 
     return int(np.random.SeedSequence([int(base), int(repeat)]).generate_state(1)[0])
 
@@ -377,6 +418,8 @@ def design_from_dict(
 ) -> StudyDesign:
     """Validate a design document; errors name ``source`` and the dotted key path."""
     doc = dict(doc)
+    if isinstance(doc.get("data"), dict):
+        doc = _with_data_dose(doc, source, base_dir)
     if base_dir is not None and isinstance(doc.get("simulation"), dict):
         sim = dict(doc["simulation"])
         for key in ("object", "probe"):
@@ -396,6 +439,32 @@ def design_from_dict(
             msg = "unknown key"
         extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise DesignError(f"{source}: {key}: {msg}; found {found!r}{extra}") from None
+
+
+def _with_data_dose(doc: dict[str, Any], source: str, base_dir: Path | None) -> dict[str, Any]:
+    """``doc`` with ``data.file`` resolved and ``doses`` = [the data's mean photons per pattern]
+    (read from the file, which is validated here: a bad file fails before anything runs)."""
+    from ptychobench.data.io import load
+
+    if "doses" in doc:
+        raise DesignError(
+            f"{source}: doses: a [data] study has one dose, the data's own; remove doses"
+        )
+    data = dict(doc["data"])
+    file = data.get("file")
+    if not isinstance(file, str):
+        raise DesignError(f"{source}: data.file: expected the path of a .npz or .cxi scan")
+    p = Path(file)
+    if base_dir is not None and not p.is_absolute():
+        p = (base_dir / p).resolve()
+    data["file"] = str(p)
+    try:
+        ds = load(p, counts=bool(data.get("counts", False)))
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DesignError(f"{source}: data.file: {first}") from None
+    photons = float(np.square(ds.diffraction, dtype=np.float64).sum(axis=(1, 2)).mean())
+    return {**doc, "data": data, "doses": [float(max(1, round(photons)))]}
 
 
 def load_design(path: str | Path) -> StudyDesign:

@@ -90,10 +90,13 @@ def check_design(design: StudyDesign) -> Feasibility:
     DesignError
         One line naming the design key and the numbers, when the design cannot run.
     """
-    probe, shape, diameter = _probe_and_object(design)
+    if design.experimental:
+        measured, shape, diameter = _measured(design)
+    else:
+        probe, shape, diameter = _probe_and_object(design)
     positions, halves, views, warnings = [], [], [], []
     for repeat in range(design.repeats):
-        coords = _scan(design, repeat, probe, shape)
+        coords = measured if design.experimental else _scan(design, repeat, probe, shape)
         positions.append(int(coords.shape[0]))
         half = _halves(design, coords, repeat)
         halves.append(half)
@@ -136,6 +139,25 @@ def _probe_and_object(design: StudyDesign) -> tuple[np.ndarray, tuple[int, int],
     except (ValueError, OSError) as exc:
         raise DesignError(f"simulation.object: {_first_line(exc)}") from None
     return probe, (int(obj.shape[0]), int(obj.shape[1])), probe_info(probe).effective_diameter_px
+
+
+def _measured(design: StudyDesign) -> tuple[np.ndarray, tuple[int, int], float]:
+    """Experimental mode: the file's positions, frame and probe; the arms it can feed."""
+    from ptychobench.data.io import load
+    from ptychobench.physics.probes import probe_info
+
+    assert design.data is not None
+    ds = load(design.data.file, counts=design.data.counts)  # validated: it loaded for the design
+    if design.has("Baseline") and ds.Y is None:
+        raise DesignError(
+            f"arms: the Baseline trains on ground-truth patches (Y), which {design.data.file} "
+            "does not hold; remove Baseline (and keep the arms that need no truth)"
+        )
+    if ds.n < 2:
+        raise DesignError(f"data.file: {ds.n} position(s); a split needs at least 2")
+    shape = ds.objectGuess.shape if ds.objectGuess is not None else ds.frame_shape
+    diameter = probe_info(ds.probeGuess).effective_diameter_px
+    return ds.coords, (int(shape[0]), int(shape[1])), diameter
 
 
 def _scan(design: StudyDesign, repeat: int, probe: np.ndarray, shape) -> np.ndarray:

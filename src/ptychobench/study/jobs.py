@@ -137,7 +137,8 @@ def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
     def job(jid: str, kind: str, deps, outputs, view=None, split=None) -> Job:
         return Job(jid, kind, tuple(deps), tuple(outputs), dose, view, split, repeat)
 
-    sim = job(f"simulate.{dd}", "simulate", (), (data("full.npz"),))
+    source = "load" if design.experimental else "simulate"  # [data]: the scan file itself
+    sim = job(f"{source}.{dd}", source, (), (data("full.npz"),))
     spl = job(
         f"split.{dd}",
         "split",
@@ -235,6 +236,11 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
     """The part of ``design`` that determines ``job``'s output (JSON-able)."""
     if job.kind == "simulate":
         return design.simulation_config(job.dose, job.repeat).model_dump()
+    if job.kind == "load":
+        from ptychobench.data.io import sha256_file
+
+        assert design.data is not None
+        return {**design.data.model_dump(), "sha256": sha256_file(design.data.file)}
     if job.kind == "split":
         return {**design.split.model_dump(), "heldout_seed": _heldout_seed(design, job)}
     if job.kind == "halves":
@@ -377,6 +383,19 @@ def _run_simulate(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pro
     from ptychobench.simulate import simulate
 
     ds = simulate(design.simulation_config(job.dose, job.repeat))
+    _save(ds, stage / job.outputs[0])
+
+
+def _run_load(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
+    """Experimental mode: the scan file, validated, as the study's full dataset."""
+    from ptychobench.data.io import add_parent, load, sha256_file
+
+    assert design.data is not None
+    ds = load(design.data.file, counts=design.data.counts)
+    add_parent(ds.metadata, design.data.file)
+    ds.metadata.setdefault("transformations", []).append(
+        {"op": "study_data", "file": design.data.file, "sha256": sha256_file(design.data.file)}
+    )
     _save(ds, stage / job.outputs[0])
 
 
@@ -727,7 +746,10 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
             arms[name] = exc
     snapshots, curve_rows = _load_snapshots(job, design, run_dir, arms)
     out = stage / job.outputs[0]
-    free = _reference_free(job, run_dir, ds, arms) if job.split == "test" else None
+    if job.split == "test":
+        free = _reference_free(job, run_dir, ds, arms)
+    else:  # the train split has no withheld patterns: without truth nothing is scored there
+        free = None if ds.objectGuess is not None else {}
     res = compare(
         ds,
         arms,
@@ -851,6 +873,7 @@ def _write_curves(out: Path, rows: list, scores: dict[str, tuple[float, float]])
 
 BODIES: dict[str, Callable[..., None]] = {
     "simulate": _run_simulate,
+    "load": _run_load,
     "split": _run_split,
     "view": _run_view,
     "train_pinn": _run_train,
