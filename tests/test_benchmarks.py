@@ -117,3 +117,40 @@ def test_gpu_suite_smoke_on_cpu_measures_every_kernel_and_lsqml(tmp_path):
                and r["kind"] == "pinn" and r["gridsize"] == 1 and r["dtype"] == "fp32")
     expected = lsq["lsqml_100_epochs_s"] / (lsq["n_patterns"] / pinn)
     assert lsq["ratio_vs_lsqml100_kernel_infer_fp32"] == pytest.approx(expected, rel=0.01)
+
+
+def test_reference_free_benchmark_ranks_a_perfectly_agreeing_run_at_rho_one(tmp_path):
+    """A run whose held-out NLL falls exactly as phase SSIM rises, and whose half-scan FRC rises
+    with FRC50, reads ρ = −1 and +1; the train split and Flat (no reference-free score) are
+    ignored."""
+    import csv
+    import json
+
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    rows = []
+    arms = ("PtychoPINN", "Baseline", "PtyChi")
+    for d, dose in enumerate((1e3, 1e5)):
+        for a, arm in enumerate(arms):
+            q = 0.2 * a + 0.1 * d  # quality
+            for split in ("train", "test"):
+                rows += [
+                    [dose, "dense", split, 0, arm, "ssim", 0.5, q, ""],
+                    [dose, "dense", split, 0, arm, "nrmse", "", "", 1 - q],
+                    [dose, "dense", split, 0, arm, "frc50", 0.1, 0.05 + q / 4, ""],
+                    [dose, "dense", split, 0, arm, "heldout_nll_rel", "", "", 2 - q],
+                    [dose, "dense", split, 0, arm, "halfscan_frc_halfbit", 0.2, q / 3, ""],
+                    [dose, "dense", split, 0, arm, "halfscan_frc1over7", 0.2, q / 2, ""],
+                ]
+        rows.append([dose, "dense", "test", 0, "Flat", "ssim", 0.4, 0.9, ""])
+    with (run / "analysis" / "metrics_long.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dose", "view", "split", "repeat", "model", "metric", "amplitude", "phase",
+                    "value"])
+        w.writerows(rows)
+    res = _run("reference_free.py", str(run), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["spearman_rho"] for r in out] == [-1.0, 1.0, 1.0, 1.0]
+    assert all(r["n"] == 6 and r["agrees"] and r["abs_rho_ge_0_7"] for r in out)
+    assert out[0]["arms"] == sorted(arms)

@@ -71,8 +71,9 @@ def test_presets_phase_synchronise_network_patches_and_the_compare_key_says_so(n
     off = d.model_copy(update={"metrics": d.metrics.model_copy(update={"phase_sync": 0})})
     for a, b in zip(plan(d), plan(off), strict=True):
         changed = job_settings(a, d) != job_settings(b, off)
-        # only what stitches network patches re-runs: compare, and the hybrids' PINN start
-        assert changed == (a.kind in ("compare", "hybrid_lsqml", "ttr")), a.kind
+        # only what stitches network patches re-runs: compare, the hybrids' PINN start and the
+        # half-scan reconstructions
+        assert changed == (a.kind in ("compare", "hybrid_lsqml", "ttr", "halves")), a.kind
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -214,6 +215,16 @@ def test_plan_shape_and_order():
         "iterative.dose_1000.dense.test",
         "hybrid_lsqml.dose_1000.dense.test",
         "ttr.dose_1000.dense.test",
+        "halves.dose_1000.dense.test",
     }
     assert c.outputs == ("compare/dose_1000/dense/test",)
+    h = next(j for j in jobs if j.id == "halves.dose_1000.dense.test")
+    assert set(h.deps) == {
+        "view.dose_1000.dense.test",
+        "train_pinn.dose_1000.dense",
+        "train_baseline.dose_1000.dense",
+    }
+    assert kinds.count("halves") == n_d * n_v  # the test split only
+    s = next(j for j in jobs if j.id == "split.dose_1000")
+    assert s.outputs[2] == "data/dose_1000/heldout.npz"
     assert math.isclose(c.dose, 1000.0)

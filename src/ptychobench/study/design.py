@@ -438,6 +438,9 @@ def design_from_dict(
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        msg = msg.removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across sections: the whole document is no "found"
+            raise DesignError(f"{source}: {msg}{extra}") from None
         raise DesignError(f"{source}: {key}: {msg}; found {found!r}{extra}") from None
 
 
@@ -462,7 +465,7 @@ def _with_data_dose(doc: dict[str, Any], source: str, base_dir: Path | None) -> 
         ds = load(p, counts=bool(data.get("counts", False)))
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DesignError(f"{source}: data.file: {first}") from None
+        raise DesignError(f"data.file ({Path(source).name}): {first}") from None
     photons = float(np.square(ds.diffraction, dtype=np.float64).sum(axis=(1, 2)).mean())
     return {**doc, "data": data, "doses": [float(max(1, round(photons)))]}
 
