@@ -387,12 +387,15 @@ def dose_response_plot(rows: list[dict], path: Path, conditions: list[dict]) -> 
     )
 
 
-def headline_plot(rows: list[dict], path: Path, conditions: list[dict]) -> Any:
-    """The first screen's figure: test-split phase SSIM vs dose, one panel per view, with the
-    95 % band over repeats (see :func:`dose_response_plot`)."""
-    return _dose_response(
-        rows, path, _pairs(conditions, rows, "test"), VERDICT_METRICS[:1], panel=(3.0, 2.3)
-    )
+def headline_plot(
+    rows: list[dict],
+    path: Path,
+    conditions: list[dict],
+    metric: tuple[str, str, str] = VERDICT_METRICS[0],
+) -> Any:
+    """The first screen's figure: the test-split headline ``metric`` (phase SSIM) vs dose, one
+    panel per view, with the 95 % band over repeats (see :func:`dose_response_plot`)."""
+    return _dose_response(rows, path, _pairs(conditions, rows, "test"), (metric,), panel=(3.0, 2.3))
 
 
 def _read_curves(run_dir: Path, key: str) -> dict[str, list[tuple[float, float, int]]]:
@@ -1105,6 +1108,19 @@ def _verdict_phrase(v: dict[str, Any], d: int = 3) -> str:
     return text
 
 
+def _leads(found: Sequence[dict[str, Any]], metric: tuple[str, str, str]) -> bool:
+    return any(v["leader"] is not None for v in found if (v["metric"], v["part"]) == metric[:2])
+
+
+def verdict_order(found: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """:data:`VERDICT_METRICS` with the headline first: phase SSIM, or — measured data, no
+    ground truth — the first metric some arm leads (the held-out NLL)."""
+    order = list(VERDICT_METRICS)
+    first = next((m for m in order if _leads(found, m)), order[0])
+    order.remove(first)
+    return [first, *order]
+
+
 def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, Any]:
     """What the report's first screen shows, from :func:`ptychobench.study.aggregate.verdicts`.
 
@@ -1115,8 +1131,13 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
     """
     views = list(dict.fromkeys(v["view"] for v in found))
     doses = sorted({float(v["dose"]) for v in found})
-    head_metric, head_part, head_label = VERDICT_METRICS[0]
     index = {(v["view"], float(v["dose"]), v["metric"], v["part"]): v for v in found}
+    scored = [m for m in VERDICT_METRICS if _leads(found, m)]
+    # without ground truth (measured data) the grid shows only what could be scored
+    order = verdict_order(found) if scored else list(VERDICT_METRICS)
+    if scored and not _leads(found, VERDICT_METRICS[0]):
+        order = scored
+    head_metric, head_part, head_label = order[0]
     sentences = []
     for view in views:
         clauses = [
@@ -1127,7 +1148,7 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
         if clauses:
             sentences.append(f"{view} view, {head_label}: " + "; ".join(clauses) + ".")
     tabs = []
-    for metric, part, label in VERDICT_METRICS:
+    for metric, part, label in order:
         rows = []
         for dose in doses:
             cells = []
@@ -1181,9 +1202,10 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
         "n_repeats": n_repeats,
         "lede": (
             f"Held-out (test split) scores, {reps} per condition (independent noise, scan "
-            "jitter, grouping and training seeds); headline metric: phase SSIM (higher is "
-            "better); the buttons switch the grid's metric (NRMSE and held-out NLL: lower is "
-            "better; the last two need no ground truth)."
+            f"jitter, grouping and training seeds); headline metric: {head_label} ("
+            + ("lower" if head_metric in LOWER_IS_BETTER else "higher")
+            + " is better); the buttons switch the grid's metric (NRMSE and held-out NLL: "
+            "lower is better; held-out NLL and half-scan FRC need no ground truth)."
         ),
         "legend": (
             "Cell: the arm with the best mean over repeats; below it, its margin over the "
@@ -1283,7 +1305,7 @@ def write_report(run_dir: Path) -> list[Path]:
     import matplotlib  # noqa: F401  (fail early and clearly if plotting is unavailable)
 
     head_png = analysis / "headline_dose_response.png"
-    headline_plot(raw, head_png, cond_dicts)
+    headline_plot(raw, head_png, cond_dicts, verdict_order(verdicts(raw))[0])
     written.append(head_png)
     dr = analysis / "dose_response.png"
     dose_response_plot(raw, dr, cond_dicts)
