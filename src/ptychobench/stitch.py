@@ -253,7 +253,10 @@ class Stitcher:
         default weight of either mode (the whole N×N patch counts, no crop).
         """
         p = torch.as_tensor(patches).detach().to(self.device, torch.complex64)
-        c = torch.as_tensor(coords, dtype=torch.float64).to(self.device) + self.origin
+        c = torch.as_tensor(coords, dtype=torch.float64)
+        if self.device.type == "cuda" and c.device.type == "cpu":
+            c = c.pin_memory()  # a pageable copy would make the host wait for the GPU
+        c = c.to(self.device, non_blocking=True) + self.origin
         if p.ndim != 3 or p.shape[-1] != self.N or p.shape[-2] != self.N:
             raise ValueError(f"patches: expected (B, {self.N}, {self.N}), found {tuple(p.shape)}")
         if c.shape != (p.shape[0], 2):

@@ -46,7 +46,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FINAL_KINDS = ("aggregate", "report", "verify")
-GPU_KINDS = ("train_pinn", "train_baseline", "iterative", "hybrid_lsqml", "ttr", "compare")
+GPU_KINDS = (
+    "train_pinn", "train_baseline", "iterative", "hybrid_lsqml", "ttr", "halves", "compare"
+)
 SPLITS = ("train", "test")
 HELDOUT = "heldout.npz"
 """Per dose and repeat: the test positions withheld from every arm (reference-free NLL)."""
