@@ -163,3 +163,20 @@ def test_heldout_nll_is_scored_on_clean_data_and_skipped_on_poisoned(runs):
     good = nll(clean)
     assert all(float(good[a]) > 0 for a in ("PtychoPINN", "Baseline", "PtyChi"))
     assert good["Flat"] == "" and set(nll(poisoned).values()) == {""}
+
+
+def test_heldout_fraction_zero_withholds_nothing(tmp_path):
+    from ptychobench.study.feasibility import check_design
+
+    text = DESIGN.replace("heldout_fraction = 0.2", "heldout_fraction = 0.0")
+    design = design_from_dict(tomllib.loads(text), source="heldout")
+    (spl,) = [j for j in study_jobs.plan(design) if j.kind == "split"]
+    assert spl.outputs == ("data/dose_10000/train.npz", "data/dose_10000/test.npz")
+    run = tmp_path / "run"
+    res = run_study(design, run, design_text=text, only={"view": "sparse", "split": "test"},
+                    progress=False)
+    assert res.ok, res.failure_summary()
+    full, test = load(run / "data/dose_10000/full.npz"), load(run / "data/dose_10000/test.npz")
+    _, whole = split(full, axis=design.split.axis, fraction=design.split.fraction)
+    assert test.n == whole.n == check_design(design).halves[0]["test"]
+    assert not (run / "data/dose_10000/heldout.npz").exists()

@@ -141,11 +141,9 @@ def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
 
     source = "load" if design.experimental else "simulate"  # [data]: the scan file itself
     sim = job(f"{source}.{dd}", source, (), (data("full.npz"),))
+    withheld = (data(HELDOUT),) if design.split.heldout_fraction > 0 else ()
     spl = job(
-        f"split.{dd}",
-        "split",
-        (sim.id,),
-        (data("train.npz"), data("test.npz"), data(HELDOUT)),
+        f"split.{dd}", "split", (sim.id,), (data("train.npz"), data("test.npz"), *withheld)
     )
     jobs = [sim, spl]
     for view in design.views:
@@ -415,7 +413,9 @@ def _run_split(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progre
     record = {"op": "heldout", "fraction": design.split.heldout_fraction, "n_test": test.n}
     _save(train, stage / job.outputs[0])
     _save(test.select(rest, transformation=record | {"part": "kept"}), stage / job.outputs[1])
-    _save(test.select(held, transformation=record | {"part": "withheld"}), stage / job.outputs[2])
+    if len(job.outputs) > 2:  # heldout_fraction > 0: at least one position is withheld
+        withheld = test.select(held, transformation=record | {"part": "withheld"})
+        _save(withheld, stage / job.outputs[2])
 
 
 def _heldout_seed(design: StudyDesign, job: Job) -> int:
@@ -777,8 +777,9 @@ def _reference_free(job: Job, run_dir: Path, ds, arms: dict[str, Any]) -> dict[s
 
     from ptychobench.evaluate.reference_free import half_scan_frc, heldout_nll, scanned_box
 
+    held_path = run_dir / _data(job.dose, HELDOUT, repeat=job.repeat)
     try:
-        held = _load(run_dir / _data(job.dose, HELDOUT, repeat=job.repeat))
+        held = _load(held_path) if held_path.exists() else None  # none: heldout_fraction 0
     except (OSError, ValueError) as exc:  # the ground-truth scores do not need it
         log.warning("held-out patterns unusable, no held-out NLL: %s", exc)
         held = None
