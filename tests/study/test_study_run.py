@@ -380,7 +380,11 @@ def test_failed_job_blocks_only_its_dependants(tmp_path, monkeypatch):
     )
     assert not res.ok
     assert res.failed == ["train_baseline.dose_1000.sparse"]
-    assert set(res.blocked) == {"compare.dose_1000.sparse.train", "compare.dose_1000.sparse.test"}
+    assert set(res.blocked) == {
+        "compare.dose_1000.sparse.train",
+        "compare.dose_1000.sparse.test",
+        "halves.dose_1000.sparse.test",  # every arm's half-scans, the Baseline's among them
+    }
     # independent jobs still ran
     assert "iterative.dose_1000.sparse.test" in res.ran and "train_pinn.dose_1000.sparse" in res.ran
     man = json.loads((run / "manifest.json").read_text())
