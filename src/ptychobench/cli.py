@@ -858,7 +858,11 @@ def study_run(
     ] = False,
     progress: Annotated[
         bool | None,
-        typer.Option("--progress/--no-progress", help="Progress display (default: on a TTY)."),
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar (default on a TTY; else a line every 30 s); --no-progress: "
+            "failures only.",
+        ),
     ] = None,
     repeats: Annotated[
         int | None,
