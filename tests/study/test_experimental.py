@@ -26,10 +26,6 @@ gridsize = 2
 neighbor_count = 5
 n_groups = 40
 
-[views.sparse]
-gridsize = 1
-s_img = 0.5
-
 [data]
 file = "{file}"
 
@@ -71,7 +67,7 @@ def _design(files, name):
 def _free(run):
     out = {}
     for split in ("test",):
-        for view in ("dense", "sparse"):
+        for view in ("dense",):
             (p,) = (run / "compare").glob(f"dose_*/{view}/{split}/comparison_metrics.csv")
             with p.open() as fh:
                 for r in csv.DictReader(fh):
@@ -103,7 +99,7 @@ def test_a_scan_without_truth_runs_every_arm_and_scores_them_reference_free(runs
     _, run, res = runs["measured.npz"]
     assert res.ok, res.failure_summary()
     free = _free(run)
-    for view in ("dense", "sparse"):
+    for view in ("dense",):
         for arm in ("PtychoPINN", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR"):
             nll = free[(view, arm, "heldout_nll_rel")][2]
             assert float(nll) > 0, (view, arm)
