@@ -397,7 +397,6 @@ def repeat_seed(base: int, repeat: int) -> int:
     """
     if repeat == 0:
         return int(base)
-
     return int(np.random.SeedSequence([int(base), int(repeat)]).generate_state(1)[0])
 
 

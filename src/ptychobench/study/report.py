@@ -1132,11 +1132,9 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
     views = list(dict.fromkeys(v["view"] for v in found))
     doses = sorted({float(v["dose"]) for v in found})
     index = {(v["view"], float(v["dose"]), v["metric"], v["part"]): v for v in found}
-    scored = [m for m in VERDICT_METRICS if _leads(found, m)]
-    # without ground truth (measured data) the grid shows only what could be scored
-    order = verdict_order(found) if scored else list(VERDICT_METRICS)
-    if scored and not _leads(found, VERDICT_METRICS[0]):
-        order = scored
+    order = verdict_order(found)
+    if not _leads(found, VERDICT_METRICS[0]):  # no ground truth: only what could be scored
+        order = [m for m in order if _leads(found, m)] or order
     head_metric, head_part, head_label = order[0]
     sentences = []
     for view in views:
