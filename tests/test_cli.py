@@ -126,7 +126,6 @@ def _bad_files():
         return lambda a: {**a, key: fn(a)}
 
     return [
-        ("missing_probe", drop("probeGuess"), ["probeGuess"]),
         ("missing_diffraction", drop("diffraction"), ["diffraction"]),
         (
             "complex_diffraction",
@@ -197,6 +196,33 @@ def test_bad_file_gives_one_clear_error_and_no_output(tmp_path, name, mutate, wo
         assert w.lower() in lines[0].lower(), lines[0]
     assert "bad.npz" in lines[0]
     assert dir_listing(out) == []
+
+
+def test_probe_less_file_inspects_and_reconstruct_asks_for_probe(tmp_path):
+    arrays = base_arrays()
+    probe = arrays.pop("probeGuess")
+    src = write_raw(tmp_path / "noprobe.npz", arrays)
+    r = invoke("inspect", src, "--json")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["has_probe"] is False and summary["probe_fwhm_px"] is None
+    assert "no probe" in summary["overlap"]
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (
+        ("reconstruct", src, "--out", out / "r.npz", "--epochs", "1"),
+        ("train", src, "--model", "pinn", "--out", out / "m", "--epochs", "1"),
+    ):
+        r = invoke(*args)
+        assert r.exit_code == 2
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "noprobe.npz" in lines[0] and "--probe FILE" in lines[0], lines
+        assert dir_listing(out) == []
+    # the probe supplied on the command line is the one used
+    np.savez(tmp_path / "p.npz", probeGuess=probe)
+    r = invoke("inspect", src, "--json", "--probe", tmp_path / "p.npz")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["has_probe"] is True
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip file at all", "truncated"])

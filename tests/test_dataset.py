@@ -97,7 +97,6 @@ BAD_CASES = [
         "(16, 16)",
     ),
     ("probe-nan", _poke("probeGuess", (0, 0), np.nan), "probeGuess", "NaN"),
-    ("probe-missing", _set("probeGuess", lambda d: None), "probeGuess", "missing"),
     (
         "xcoords-int",
         _set("xcoords", lambda d: d.xcoords.astype(np.int64)),

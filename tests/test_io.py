@@ -333,13 +333,35 @@ def test_truncated_cxi_rejected(tmp_path: Path) -> None:
         pio.load(tmp_path / "t.cxi")
 
 
-def test_missing_key_rejected(tmp_path: Path) -> None:
+def test_missing_required_key_rejected(tmp_path: Path) -> None:
+    ds = make_ds()
+    raw = _raw(ds)
+    del raw["xcoords"]
+    np.savez(tmp_path / "m.npz", diffraction=ds.diffraction, **raw)
+    with pytest.raises(DatasetError, match="key 'xcoords'.*missing"):
+        pio.load(tmp_path / "m.npz")
+
+
+def test_probe_less_file_loads_and_reconstructing_asks_for_probe(tmp_path: Path) -> None:
+    from ptychobench.data.dataset import require_probe, with_probe
+
     ds = make_ds()
     raw = _raw(ds)
     del raw["probeGuess"]
     np.savez(tmp_path / "m.npz", diffraction=ds.diffraction, **raw)
-    with pytest.raises(DatasetError, match="key 'probeGuess'.*missing"):
-        pio.load(tmp_path / "m.npz")
+    got = pio.load(tmp_path / "m.npz")
+    assert got.probeGuess is None
+    np.testing.assert_array_equal(got.diffraction, ds.diffraction)
+    with pytest.raises(DatasetError, match=r"m\.npz: no probe .* --probe FILE") as err:
+        require_probe(got, str(tmp_path / "m.npz"))
+    assert "\n" not in str(err.value)
+    before = list(got.metadata.get("transformations", []))
+    fixed = with_probe(got, ds.probeGuess, "p.npz")
+    np.testing.assert_array_equal(require_probe(fixed), ds.probeGuess)
+    assert fixed.metadata["transformations"][-1] == {"op": "set_probe", "source": "p.npz"}
+    assert got.metadata.get("transformations", []) == before  # the original is untouched
+    with pytest.raises(DatasetError, match="probeGuess"):
+        with_probe(got, np.ones((3, 3), np.complex64), "bad.npz")
 
 
 def test_missing_file_and_bad_extension(tmp_path: Path) -> None:

@@ -195,10 +195,35 @@ def _check_writable_suffix(path: Path) -> None:
         raise CLIError(f"{path}: expected a file path, found a directory")
 
 
+ProbeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--probe",
+        help="Probe to use instead of the data's own (NPZ, CXI or Ptychodus product); "
+        "required when the data carry none.",
+    ),
+]
+
+
+def _load_dataset(path: Path, probe: Path | None = None, *, counts: bool = False, need_probe=False):
+    """Load a dataset; ``probe`` replaces (or supplies) its probe; ``need_probe``: one line
+    saying ``--probe FILE`` is needed when there is none."""
+    from ptychobench.data.dataset import require_probe, with_probe
+    from ptychobench.data.io import load, load_probe
+
+    ds = load(path, counts=counts)
+    if probe is not None:
+        ds = with_probe(ds, load_probe(probe), str(probe))
+    if need_probe:
+        require_probe(ds, str(path))
+    return ds
+
+
 # ---------------------------------------------------------------------------------------- inspect
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="Dataset (.npz or .cxi).")],
+    probe: ProbeOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     png: Annotated[Path | None, typer.Option("--png", help="Write a summary figure.")] = None,
     counts: Annotated[
@@ -211,10 +236,9 @@ def inspect(
     """
 
     def go():
-        from ptychobench.data.io import load
         from ptychobench.inspect import summarize, write_figure
 
-        ds = load(path, counts=counts)
+        ds = _load_dataset(path, probe, counts=counts)
         summary = summarize(ds)
         summary["file"] = str(path)
         if png is not None:
@@ -304,8 +328,12 @@ def view(
             neighbor_count=neighbor_count,
             seed=seed,
         )
-        D = probe_info(v.probeGuess).effective_diameter_px
-        report = overlap_report(v, D, neighbor_count=neighbor_count)
+        if v.probeGuess is None:
+            # the overlap metrics need the probe's diameter; the view itself does not
+            report = {"overlap": "not computed: no probe in the data", "n_positions": v.n}
+        else:
+            D = probe_info(v.probeGuess).effective_diameter_px
+            report = overlap_report(v, D, neighbor_count=neighbor_count)
         overlap_path = out.with_name(out.name + ".overlap.json")
         _publish_together(
             (lambda p: save(v, p), out), (lambda p: write_overlap_json(report, p), overlap_path)
@@ -320,6 +348,7 @@ def view(
 def reconstruct(
     data: Annotated[Path, typer.Argument(help="Dataset (.npz or .cxi).")],
     out: Annotated[Path, typer.Option("--out", help="Output reconstruction (.npz).")],
+    probe: ProbeOption = None,
     engine: Annotated[str, typer.Option("--engine", help="lsqml | epie | dm.")] = "lsqml",
     epochs: Annotated[int, typer.Option("--epochs", help="Iterations over all patterns.")] = 100,
     batch_size: Annotated[
@@ -354,7 +383,6 @@ def reconstruct(
     """
 
     def go():
-        from ptychobench.data.io import load
         from ptychobench.data.recon import write_reconstruction
         from ptychobench.iterative import IterativeConfig
         from ptychobench.iterative import reconstruct as run_reconstruct
@@ -372,7 +400,7 @@ def reconstruct(
             seed=seed,
             progress=sys.stderr.isatty(),
         )
-        ds = load(data)
+        ds = _load_dataset(data, probe, need_probe=True)
         start = None
         if init_object is not None:
             from ptychobench.data.recon import read_reconstruction
@@ -395,6 +423,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="Training dataset or view (.npz/.cxi).")],
     model: Annotated[str, typer.Option("--model", help="pinn | baseline.")],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory.")],
+    probe: ProbeOption = None,
     gridsize: Annotated[int, typer.Option("--gridsize", help="PINN group size: 1 or 2.")] = 1,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 50,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Groups per step.")] = 16,
@@ -442,7 +471,6 @@ def train(
     """
 
     def go():
-        from ptychobench.data.io import load
         from ptychobench.fit import fit
         from ptychobench.train import TrainConfig
 
@@ -462,7 +490,7 @@ def train(
             min_epochs=min_epochs,
             min_delta=min_delta,
         )
-        ds = load(data)
+        ds = _load_dataset(data, probe, need_probe=model == "pinn")
         result = fit(
             ds,
             model,
@@ -494,6 +522,7 @@ def infer(
     bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
     data: Annotated[Path, typer.Argument(help="Dataset to reconstruct.")],
     out: Annotated[Path, typer.Option("--out", help="Reconstruction NPZ.")],
+    probe: ProbeOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Groups per chunk.")] = 256,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     stitch_crop_size: Annotated[
@@ -538,7 +567,6 @@ def infer(
     """
 
     def go():
-        from ptychobench.data.io import load
         from ptychobench.data.recon import write_reconstruction
         from ptychobench.infer import infer as run_infer
         from ptychobench.models.bundle import load_bundle
@@ -548,7 +576,7 @@ def infer(
         _check_weighting("--stitch-weighting", stitch_weighting)
         _check_phase_sync(phase_sync)
         net, config = load_bundle(bundle)
-        ds = load(data)
+        ds = _load_dataset(data, probe)
         rec = run_infer(
             net,
             ds,
@@ -578,6 +606,7 @@ def refine(
     bundle: Annotated[Path, typer.Argument(help="Trained PtychoPINN bundle directory.")],
     data: Annotated[Path, typer.Argument(help="Dataset to reconstruct (its diffraction only).")],
     out: Annotated[Path, typer.Option("--out", help="Reconstruction NPZ (PtychoPINN+TTR).")],
+    probe: ProbeOption = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the patterns.")] = 5,
     lr: Annotated[float, typer.Option("--lr", help="Adam step of the network's weights.")] = 1e-4,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patterns per step.")] = 32,
@@ -598,7 +627,6 @@ def refine(
     """
 
     def go():
-        from ptychobench.data.io import load
         from ptychobench.data.recon import write_reconstruction
         from ptychobench.models.bundle import load_bundle
         from ptychobench.refine import TTRConfig
@@ -617,7 +645,7 @@ def refine(
             device=device,
         )
         net, _ = load_bundle(bundle)
-        ds = load(data)
+        ds = _load_dataset(data, probe, need_probe=True)
         res = run_refine(net, ds, cfg)
         res.reconstruction.metadata["bundle"] = str(bundle)
         write_reconstruction(res.reconstruction, out)
@@ -635,6 +663,7 @@ def refine(
 def compare(
     data: Annotated[Path, typer.Argument(help="Dataset with objectGuess (the truth).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory for the comparison.")],
+    probe: ProbeOption = None,
     iterative: Annotated[
         Path | None, typer.Option("--iterative", help="PtyChi reconstruction NPZ.")
     ] = None,
@@ -692,7 +721,6 @@ def compare(
     """
 
     def go():
-        from ptychobench.data.io import load
         from ptychobench.data.recon import read_reconstruction
         from ptychobench.evaluate.compare import CompareSettings
         from ptychobench.evaluate.compare import compare as run_compare
@@ -708,7 +736,7 @@ def compare(
             ms_ssim_sigma=ms_ssim_sigma,
             floor=not no_floor,
         )
-        ds = load(data)
+        ds = _load_dataset(data, probe)
         settings.validate(ds.N)
         paths: dict[str, Path] = {}
         for name, path in (("PtyChi", iterative), ("PtychoPINN", pinn), ("Baseline", baseline)):
@@ -740,10 +768,15 @@ def compare(
         result = run_compare(
             ds, arms, out_dir, settings, data_source=str(data), region_coords=region
         )
+        from ptychobench.evaluate.compare import frc_period_m
+
+        pixel_m = result.settings.get("object_pixel_size_m")
         for name, m in result.metrics.items():
+            period = frc_period_m(m["frc50"][1], pixel_m)
+            nm = f" ({period * 1e9:.0f} nm)" if period is not None else ""
             typer.echo(
                 f"{name:>11}: phase ssim {m['ssim'][1]:.3f}  amplitude ssim {m['ssim'][0]:.3f}  "
-                f"nrmse {m['nrmse']:.3f}  phase frc50 {m['frc50'][1]:.3f}"
+                f"nrmse {m['nrmse']:.3f}  phase frc50 {m['frc50'][1]:.3f} cycles/px{nm}"
             )
         if result.errors:
             for name, err in result.errors.items():
@@ -791,6 +824,7 @@ def _bundle_arm(name, path, ds, data, settings, device, debug_limit, debug_dir):
 def convert(
     src: Annotated[Path, typer.Argument(help="Input (.npz or .cxi).")],
     dst: Annotated[Path, typer.Argument(help="Output (.npz or .cxi).")],
+    probe: ProbeOption = None,
     counts: Annotated[
         bool, typer.Option("--counts", help="Input diffraction holds counts: take sqrt.")
     ] = False,
@@ -801,10 +835,10 @@ def convert(
     """
 
     def go():
-        from ptychobench.data.io import add_parent, load, save
+        from ptychobench.data.io import add_parent, save
 
         _check_writable_suffix(dst)
-        ds = load(src, counts=counts)
+        ds = _load_dataset(src, probe, counts=counts)
         add_parent(ds.metadata, src)
         ds.metadata.setdefault("transformations", []).append(
             {"op": "convert", "from": src.suffix.lstrip("."), "to": dst.suffix.lstrip(".")}

@@ -453,6 +453,7 @@ def infer(
         "input_guard": guard,
         "debug_limited": debug_limit is not None,
         "versions": {"torch": torch.__version__},
+        "geometry": ds.metadata.get("geometry"),
     }
     if kind == "baseline" and debug_dir is not None:
         _write_baseline_debug(Path(debug_dir), debug, image, seconds)

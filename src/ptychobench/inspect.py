@@ -15,13 +15,26 @@ __all__ = ["summarize", "write_figure"]
 
 
 def summarize(ds: PtychoDataset, neighbor_count: int = 4) -> dict[str, Any]:
-    """JSON-ready summary: sizes, dose and realised photons, coordinate ranges, probe, overlap."""
+    """JSON-ready summary: sizes, dose and realised photons, coordinate ranges, probe, overlap.
+
+    With a geometry in the metadata, lengths are also given in physical units: the object pixel
+    (nm), the scan step (median nearest-neighbour distance) and the probe diameter (µm).
+    Without one, ``lengths`` says they are in pixels only.
+    """
+    from scipy.spatial import cKDTree
+
     from ptychobench.data.overlap import overlap_report
+    from ptychobench.physics.geometry import geometry_of
     from ptychobench.physics.probes import probe_info
 
     photons = photons_per_pattern(ds.diffraction)
-    info = probe_info(ds.probeGuess)
+    info = probe_info(ds.probeGuess) if ds.probeGuess is not None else None
     meta = ds.metadata
+    if ds.n > 1:
+        dist, _ = cKDTree(ds.coords).query(ds.coords, k=2)
+        step_px = float(np.median(dist[:, 1]))
+    else:
+        step_px = None
     summary: dict[str, Any] = {
         "n": ds.n,
         "N": ds.N,
@@ -32,16 +45,36 @@ def summarize(ds: PtychoDataset, neighbor_count: int = 4) -> dict[str, Any]:
         "y_range": [float(ds.ycoords.min()), float(ds.ycoords.max())],
         "x_mean": float(ds.xcoords.mean()),
         "y_mean": float(ds.ycoords.mean()),
+        "scan_step_px": step_px,
         "object_shape": None if ds.objectGuess is None else list(ds.objectGuess.shape),
         "has_Y": ds.Y is not None,
-        "probe_fwhm_px": info.fwhm_px,
-        "probe_effective_diameter_px": info.effective_diameter_px,
+        "has_probe": ds.probeGuess is not None,
+        "probe_fwhm_px": None if info is None else info.fwhm_px,
+        "probe_effective_diameter_px": None if info is None else info.effective_diameter_px,
         "groups": None if ds.groups is None else list(ds.groups.shape),
         "transformations": [t.get("op", "?") for t in meta.get("transformations", [])],
     }
-    summary["overlap"] = overlap_report(
-        ds, info.effective_diameter_px, neighbor_count=neighbor_count
-    )
+    geo = geometry_of(meta, ds.N)
+    if geo is None:
+        summary["lengths"] = "pixels only (no geometry in the file)"
+    else:
+        px = geo.object_pixel_m
+        summary["lengths"] = "pixels and metres (geometry in the file)"
+        summary["energy_keV"] = geo.energy_ev / 1e3
+        summary["wavelength_nm"] = geo.wavelength_m * 1e9
+        summary["detector_distance_m"] = geo.detector_distance_m
+        summary["detector_pixel_um"] = geo.detector_pixel_x_m * 1e6
+        summary["object_pixel_nm"] = px * 1e9
+        summary["scan_step_um"] = None if step_px is None else step_px * px * 1e6
+        if info is not None:
+            summary["probe_fwhm_um"] = info.fwhm_px * px * 1e6
+            summary["probe_effective_diameter_um"] = info.effective_diameter_px * px * 1e6
+    if info is None:
+        summary["overlap"] = "not computed: no probe (its diameter sets the overlap)"
+    else:
+        summary["overlap"] = overlap_report(
+            ds, info.effective_diameter_px, neighbor_count=neighbor_count
+        )
     return summary
 
 
@@ -75,12 +108,16 @@ def write_figure(ds: PtychoDataset, path: str | os.PathLike, n_patterns: int = 3
             ax.invert_yaxis()
             ax.set_aspect("equal")
             ax.set_title("scan positions (no object)")
-    im = axes[2].imshow(np.abs(ds.probeGuess), cmap="magma")
-    axes[2].set_title("probe amplitude")
-    fig.colorbar(im, ax=axes[2], shrink=0.8)
-    im = axes[3].imshow(np.angle(ds.probeGuess), cmap="twilight")
-    axes[3].set_title("probe phase (rad)")
-    fig.colorbar(im, ax=axes[3], shrink=0.8)
+    if ds.probeGuess is not None:
+        im = axes[2].imshow(np.abs(ds.probeGuess), cmap="magma")
+        axes[2].set_title("probe amplitude")
+        fig.colorbar(im, ax=axes[2], shrink=0.8)
+        im = axes[3].imshow(np.angle(ds.probeGuess), cmap="twilight")
+        axes[3].set_title("probe phase (rad)")
+        fig.colorbar(im, ax=axes[3], shrink=0.8)
+    else:
+        for ax in axes[2:4]:
+            ax.set_title("no probe in the file")
     picks = np.linspace(0, ds.n - 1, n_patterns).round().astype(int)
     for ax, i in zip(axes[4:], picks, strict=False):
         im = ax.imshow(np.log10(1 + np.square(ds.diffraction[i], dtype=np.float64)), cmap="viridis")

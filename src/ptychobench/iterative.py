@@ -360,6 +360,7 @@ def reconstruct(
         ),
         "device": device,
         "versions": {"ptychi": version, "torch": torch.__version__},
+        "geometry": ds.metadata.get("geometry"),
     }
     return Reconstruction(
         reconstructed_object=obj.astype(np.complex64),

@@ -241,6 +241,7 @@ def refine(model: torch.nn.Module, ds: PtychoDataset, config: TTRConfig | None =
         "device": str(dev),
         "stitch_weighting": cfg.weighting,
         "versions": {"torch": torch.__version__},
+        "geometry": ds.metadata.get("geometry"),
     }
     rec = Reconstruction(
         reconstructed_object=image.detach().cpu().numpy().astype(np.complex64),

@@ -24,6 +24,12 @@ from ptychobench.physics import (
     make_generator,
     poisson_counts,
 )
+from ptychobench.physics.geometry import (
+    DEFAULT_DETECTOR_DISTANCE_M,
+    DEFAULT_DETECTOR_PIXEL_M,
+    DEFAULT_ENERGY_EV,
+    Geometry,
+)
 from ptychobench.physics.objects import make_object
 from ptychobench.physics.probes import make_probe, probe_info
 from ptychobench.physics.scans import make_scan
@@ -34,8 +40,20 @@ __all__ = ["SimulationConfig", "simulate", "resolve_probe", "resolve_object", "s
 class SimulationConfig(BaseModel):
     """Everything that determines a simulated dataset (same config ⇒ same bytes on CPU).
 
-    Units: pixels for sizes and steps, photons per pattern for ``dose``, radians for phases.
+    Units: pixels for sizes and steps, photons per pattern for ``dose``, radians for phases;
+    the X-ray geometry (energy, distance, detector pixel) only sets the physical length of an
+    object pixel, λz/(N·p) (:mod:`ptychobench.physics.geometry`), recorded in the metadata.
     """
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(
+            self.energy_ev,
+            self.detector_distance_m,
+            self.detector_pixel_m,
+            self.detector_pixel_m,
+            self.N,
+        )
 
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +80,15 @@ class SimulationConfig(BaseModel):
     noise_seed: int | None = Field(
         None, ge=0, description="seed of the Poisson draw (default seed+1)"
     )
+    energy_ev: float = Field(
+        DEFAULT_ENERGY_EV, gt=0.0, description="photon energy (eV); fly64-like default 8.8 keV"
+    )
+    detector_distance_m: float = Field(
+        DEFAULT_DETECTOR_DISTANCE_M, gt=0.0, description="sample-detector distance (m)"
+    )
+    detector_pixel_m: float = Field(
+        DEFAULT_DETECTOR_PIXEL_M, gt=0.0, description="detector pixel pitch (m)"
+    )
     interpolation: Literal["fourier", "bilinear"] = "fourier"
     chunk_size: int = Field(1024, ge=1, description="patterns per vectorised chunk")
     device: str = "cpu"
@@ -84,6 +111,9 @@ class SimulationConfig(BaseModel):
     @property
     def resolved_noise_seed(self) -> int:
         return self.seed + 1 if self.noise_seed is None else self.noise_seed
+
+
+_SPACING = ("step_px", "overlap", "n_positions")
 
 
 def _is_path(name: str) -> bool:
@@ -150,7 +180,11 @@ def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDatas
     """
     cfg = config or SimulationConfig()
     if overrides:
-        cfg = SimulationConfig.model_validate({**cfg.model_dump(), **overrides})
+        base = cfg.model_dump()
+        if any(overrides.get(k) is not None for k in _SPACING):
+            # one spacing at a time: an override replaces the base's (possibly defaulted) one
+            base = {k: v for k, v in base.items() if k not in _SPACING}
+        cfg = SimulationConfig.model_validate({**base, **overrides})
     N = cfg.N
     device = torch.device(cfg.device)
     probe_np = resolve_probe(cfg.probe, N)
@@ -198,6 +232,7 @@ def simulate(config: SimulationConfig | None = None, **overrides) -> PtychoDatas
             "fwhm_px": info.fwhm_px,
             "effective_diameter_px": info.effective_diameter_px,
         },
+        "geometry": cfg.geometry.to_metadata(),
         "simulation": cfg.model_dump(mode="json", exclude={"device"}),
         "transformations": [],
         "parents": [],

@@ -29,8 +29,10 @@ class PtychoDataset:
     ----------
     diffraction : (n, N, N) float32
         Far-field amplitude = sqrt(photon counts), DC at (N//2, N//2).
-    probeGuess : (N, N) complex64
-        Probe on the object pixel grid.
+    probeGuess : (N, N) complex64 or None
+        Probe on the object pixel grid. ``None`` for a file that carries none (a foreign CXI):
+        inspecting, splitting, viewing and converting work without it; everything that
+        reconstructs calls :func:`require_probe` (the CLI's ``--probe FILE`` supplies one).
     xcoords, ycoords : (n,) float64
         Scan positions in object pixels (x = column, y = row); the object location that lands on
         patch pixel (N//2, N//2).
@@ -47,7 +49,7 @@ class PtychoDataset:
     """
 
     diffraction: np.ndarray
-    probeGuess: np.ndarray
+    probeGuess: np.ndarray | None
     xcoords: np.ndarray
     ycoords: np.ndarray
     objectGuess: np.ndarray | None = None
@@ -103,7 +105,7 @@ class PtychoDataset:
             meta.setdefault("transformations", []).append(transformation)
         return PtychoDataset(
             diffraction=self.diffraction[index].copy(),
-            probeGuess=self.probeGuess.copy(),
+            probeGuess=None if self.probeGuess is None else self.probeGuess.copy(),
             xcoords=self.xcoords[index].copy(),
             ycoords=self.ycoords[index].copy(),
             objectGuess=None if self.objectGuess is None else self.objectGuess.copy(),
@@ -239,8 +241,8 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
 
     Checks, in order: ``diffraction`` (n, N, N) square, real floating (integer data is reported
     as photon counts/intensity with the ``--counts`` hint), finite, ≥ 0; ``n ≥ min_patterns``;
-    ``probeGuess`` (N, N) complex, finite; ``xcoords``/``ycoords`` 1-D real floating of length n,
-    finite; ``objectGuess`` 2-D complex, finite and every scan position inside it
+    ``probeGuess`` (when present) (N, N) complex, finite; ``xcoords``/``ycoords`` 1-D real
+    floating of length n, finite; ``objectGuess`` 2-D complex, finite and every scan position inside it
     (0 ≤ x ≤ W−1, 0 ≤ y ≤ H−1); ``Y`` (n, N, N) complex, finite; ``groups`` 2-D integer,
     values in [0, n), C a perfect square; ``metadata`` a JSON-serialisable dict whose
     ``schema_version`` (if any) is not newer than this package's.
@@ -299,19 +301,9 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
             )
         )
 
-    # -- probe --------------------------------------------------------------------------------
-    p = _require_array(ds.probeGuess, "probeGuess", source)
-    _require_complex(p, "probeGuess", source)
-    if p.shape != (N, N):
-        raise DatasetError(
-            _msg(
-                source,
-                "probeGuess",
-                f"shape ({N}, {N}) matching diffraction N={N}",
-                f"shape {p.shape}",
-            )
-        )
-    _require_finite(p, "probeGuess", source)
+    # -- probe (optional: a foreign file may carry none) --------------------------------------
+    if ds.probeGuess is not None:
+        check_probe(ds.probeGuess, N, source=source)
 
     # -- coordinates --------------------------------------------------------------------------
     for key in ("xcoords", "ycoords"):
@@ -397,6 +389,44 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
         raise DatasetError(
             _msg(source, "metadata.transformations", "a list", type(transformations).__name__)
         )
+
+
+def check_probe(probe: np.ndarray, N: int, *, source: str | None = None) -> None:
+    """Raise :class:`DatasetError` unless ``probe`` is a finite (N, N) complex array."""
+    p = _require_array(probe, "probeGuess", source)
+    _require_complex(p, "probeGuess", source)
+    if p.shape != (N, N):
+        raise DatasetError(
+            _msg(
+                source,
+                "probeGuess",
+                f"shape ({N}, {N}) matching diffraction N={N}",
+                f"shape {p.shape}",
+            )
+        )
+    _require_finite(p, "probeGuess", source)
+
+
+def require_probe(ds: PtychoDataset, source: str | None = None) -> np.ndarray:
+    """The dataset's probe, or a one-line :class:`DatasetError` saying how to supply one."""
+    if ds.probeGuess is None:
+        where = f"{source}: " if source else ""
+        raise DatasetError(
+            f"{where}no probe in the data (key 'probeGuess' / CXI illumination missing): "
+            "give one with --probe FILE (NPZ, CXI or Ptychodus product)"
+        )
+    return ds.probeGuess
+
+
+def with_probe(ds: PtychoDataset, probe: np.ndarray, source: str) -> PtychoDataset:
+    """A copy of ``ds`` whose probe is ``probe`` (validated; the source is recorded)."""
+    check_probe(probe, ds.N, source=source)
+    out = dataclasses.replace(ds, probeGuess=np.asarray(probe, dtype=np.complex64))
+    out.metadata = copy.deepcopy(ds.metadata)
+    out.metadata.setdefault("transformations", []).append(
+        {"op": "set_probe", "source": os.path.basename(str(source))}
+    )
+    return out
 
 
 def photons_per_pattern(diffraction: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -398,7 +398,6 @@ def _from_arrays(raw: dict[str, np.ndarray], *, source: str, counts: bool) -> Pt
     y = raw.pop("ycoords", None)
     for key, value in (
         ("diffraction", diffraction),
-        ("probeGuess", probe),
         ("xcoords", x),
         ("ycoords", y),
     ):
@@ -437,7 +436,10 @@ def _from_arrays(raw: dict[str, np.ndarray], *, source: str, counts: bool) -> Pt
         diffraction = _counts_to_amplitude(diffraction, meta, source)
     else:
         diffraction = _cast_real(diffraction, np.float32)
-    probe = _cast_complex(np.squeeze(probe) if probe.ndim > 2 else probe, np.complex64)
+    if probe is None:
+        log.info("%s: no probe in the file; reconstructing needs --probe FILE", source)
+    else:
+        probe = _cast_complex(np.squeeze(probe) if probe.ndim > 2 else probe, np.complex64)
     if obj is not None:
         obj = _cast_complex(np.squeeze(obj) if obj.ndim > 2 else obj, np.complex64)
     if Y is not None:

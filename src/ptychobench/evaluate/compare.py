@@ -209,6 +209,8 @@ def compare(
         "data": data_source,
         "n_patterns": ds.n,
         "debug_limited": region_coords is not None,
+        # FRC cut-offs are in cycles/px; with a geometry, pixel / f is the resolved period
+        "object_pixel_size_m": _object_pixel_m(ds),
     }
     images: dict[str, np.ndarray] = {}
     for name, rec in arms.items():
@@ -366,6 +368,20 @@ def _write_csv(path: Path, names: list[str], result: CompareResult) -> None:
             w.writerow([name, "error", "", "", result.errors[name].replace("\n", " ")])
     with atomic_open(path, "w") as fh:
         fh.write(buf.getvalue())
+
+
+def _object_pixel_m(ds: PtychoDataset) -> float | None:
+    from ptychobench.physics.geometry import geometry_of
+
+    geo = geometry_of(ds.metadata, ds.N)
+    return None if geo is None else geo.object_pixel_m
+
+
+def frc_period_m(cutoff: float | None, pixel_m: float | None) -> float | None:
+    """The resolved full period (m) of an FRC cut-off (cycles/px): pixel / cutoff."""
+    if cutoff is None or pixel_m is None or not (cutoff > 0 and math.isfinite(cutoff)):
+        return None
+    return pixel_m / cutoff
 
 
 def _json_value(x: Any) -> Any:

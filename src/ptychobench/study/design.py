@@ -31,6 +31,11 @@ from pydantic import (
 )
 
 from ptychobench.iterative import IterativeConfig
+from ptychobench.physics.geometry import (
+    DEFAULT_DETECTOR_DISTANCE_M,
+    DEFAULT_DETECTOR_PIXEL_M,
+    DEFAULT_ENERGY_EV,
+)
 from ptychobench.train import TrainConfig
 
 __all__ = [
@@ -115,6 +120,11 @@ class SimulationSpec(_Strict):
     n_positions: int | None = Field(None, ge=1)
     jitter_px: float = Field(1.0, ge=0.0)
     noise: Literal["poisson", "none"] = "poisson"
+    energy_ev: float = Field(
+        DEFAULT_ENERGY_EV, gt=0.0, description="photon energy (eV): sets the object pixel size"
+    )
+    detector_distance_m: float = Field(DEFAULT_DETECTOR_DISTANCE_M, gt=0.0)
+    detector_pixel_m: float = Field(DEFAULT_DETECTOR_PIXEL_M, gt=0.0)
 
 
 class DataSpec(_Strict):

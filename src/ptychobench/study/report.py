@@ -832,11 +832,53 @@ def _summary_html(run_dir: Path, summary: Any) -> str:
             cells.append(_td(", ".join(str(n) for n in sorted(ns, key=str)) or None))
             body.append("<tr>" + "".join(cells) + "</tr>")
         out.append(_table(header, body))
+        out.append(_resolution_html(run_dir, agg, models))
     else:
         out.append("<p>metrics_summary.json has no aggregate metrics.</p>")
     out.append("<h3>Paired differences</h3>")
     out.append(_paired_html(_read_json(run_dir / "analysis" / "deltas.json")))
     return "\n".join(out)
+
+
+def object_pixel_m(run_dir: Path) -> float | None:
+    """The run's object pixel size (m) as its comparisons recorded it (None: pixels only)."""
+    for path in sorted((run_dir / "compare").rglob("metrics.json")):
+        doc = _read_json(path)
+        settings = doc.get("settings", {}) if isinstance(doc, dict) else {}
+        value = settings.get("object_pixel_size_m")
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return None
+
+
+def _resolution_html(run_dir: Path, agg: dict, models: list[str]) -> str:
+    """FRC50 cut-offs as resolved periods in nm (pixel / f), when the data carry a geometry."""
+    from ptychobench.evaluate.compare import frc_period_m
+
+    pixel = object_pixel_m(run_dir)
+    if pixel is None:
+        return "<p>FRC cut-offs are in cycles/px only: the data carry no X-ray geometry.</p>"
+    body = []
+    for a in models:
+        st = agg[a].get("frc50", {}) if isinstance(agg[a], dict) else {}
+        cells = [_td_text(a)]
+        for p in ("phase", "amplitude"):
+            f = st.get(f"mean_{p}")
+            period = frc_period_m(f if isinstance(f, int | float) else None, pixel)
+            cells += [_td(f), _td(None if period is None else round(period * 1e9, 1))]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    header = [
+        "model",
+        "phase FRC50 (cycles/px)",
+        "phase period (nm)",
+        "amplitude FRC50 (cycles/px)",
+        "amplitude period (nm)",
+    ]
+    return (
+        f'<h3 id="resolution">FRC cut-offs in nm (object pixel {pixel * 1e9:.1f} nm)</h3>'
+        "<p>The resolved full period is pixel / f for a cut-off f in cycles/px (Nyquist, "
+        f"0.5 cycles/px, is {2 * pixel * 1e9:.1f} nm).</p>" + _table(header, body)
+    )
 
 
 def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
