@@ -242,8 +242,8 @@ def validate(ds: PtychoDataset, *, min_patterns: int = 1, source: str | None = N
     Checks, in order: ``diffraction`` (n, N, N) square, real floating (integer data is reported
     as photon counts/intensity with the ``--counts`` hint), finite, ≥ 0; ``n ≥ min_patterns``;
     ``probeGuess`` (when present) (N, N) complex, finite; ``xcoords``/``ycoords`` 1-D real
-    floating of length n, finite; ``objectGuess`` 2-D complex, finite and every scan position inside it
-    (0 ≤ x ≤ W−1, 0 ≤ y ≤ H−1); ``Y`` (n, N, N) complex, finite; ``groups`` 2-D integer,
+    floating of length n, finite; ``objectGuess`` 2-D complex, finite and every scan position
+    inside it (0 ≤ x ≤ W−1, 0 ≤ y ≤ H−1); ``Y`` (n, N, N) complex, finite; ``groups`` 2-D integer,
     values in [0, n), C a perfect square; ``metadata`` a JSON-serialisable dict whose
     ``schema_version`` (if any) is not newer than this package's.
 

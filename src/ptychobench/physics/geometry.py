@@ -126,7 +126,7 @@ class Geometry:
         return self.object_pixel_x_m
 
     def to_metadata(self) -> dict[str, Any]:
-        """JSON-ready record for ``metadata["geometry"]`` (derived lengths included, for readers)."""
+        """JSON record for ``metadata["geometry"]`` (derived lengths included, for readers)."""
         return {
             "energy_eV": self.energy_ev,
             "wavelength_m": self.wavelength_m,
