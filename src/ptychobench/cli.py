@@ -672,7 +672,12 @@ def compare(
         Path | None, typer.Option("--baseline", help="Baseline reconstruction.")
     ] = None,
     arm: Annotated[
-        list[str] | None, typer.Option("--arm", help="Extra arm as NAME=PATH (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--arm",
+            help="Extra arm as NAME=PATH (repeatable): a reconstruction NPZ, a model bundle or "
+            "a Ptychodus product (.h5/.npz).",
+        ),
     ] = None,
     registration: Annotated[
         str, typer.Option("--registration", help="all | none (same for every arm).")
@@ -721,6 +726,7 @@ def compare(
     """
 
     def go():
+        from ptychobench.data.product import is_product, product_to_reconstruction, read_product
         from ptychobench.data.recon import read_reconstruction
         from ptychobench.evaluate.compare import CompareSettings
         from ptychobench.evaluate.compare import compare as run_compare
@@ -763,6 +769,8 @@ def compare(
                 )
                 if used is not None:
                     region = used
+            elif is_product(path):
+                arms[name] = product_to_reconstruction(read_product(path), ds)
             else:
                 arms[name] = read_reconstruction(path, shape)
         result = run_compare(
@@ -822,23 +830,88 @@ def _bundle_arm(name, path, ds, data, settings, device, debug_limit, debug_dir):
 # ---------------------------------------------------------------------------------------- convert
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input (.npz or .cxi).")],
-    dst: Annotated[Path, typer.Argument(help="Output (.npz or .cxi).")],
+    src: Annotated[
+        Path,
+        typer.Argument(help="Input: dataset (.npz/.cxi), reconstruction NPZ or Ptychodus product."),
+    ],
+    dst: Annotated[
+        Path,
+        typer.Argument(help="Output: .npz / .cxi dataset, or .h5/.hdf5 Ptychodus product."),
+    ],
     probe: ProbeOption = None,
     counts: Annotated[
         bool, typer.Option("--counts", help="Input diffraction holds counts: take sqrt.")
     ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The dataset a reconstruction or product belongs to (its positions, probe, "
+            "frame and geometry).",
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Force the output kind: dataset | product (for a .npz DST)."),
+    ] = None,
 ) -> None:
-    """Convert between NPZ and CXI (by extension).
+    """Convert datasets between NPZ and CXI, and to / from Ptychodus product files.
 
-    Example: ptychobench convert d.npz d.cxi
+    A dataset becomes a product of its truth (``objectGuess``); a reconstruction NPZ becomes a
+    product with --data (its positions and probe); a product becomes a reconstruction NPZ in
+    the --data dataset's object frame.
+
+    Examples: ptychobench convert d.npz d.cxi ;
+    ptychobench convert recon.npz recon.h5 --data d.npz ;
+    ptychobench convert their_product.h5 recon.npz --data d.npz
     """
 
     def go():
+        from ptychobench.data import product as prod
         from ptychobench.data.io import add_parent, save
+        from ptychobench.data.recon import read_reconstruction, write_reconstruction
 
-        _check_writable_suffix(dst)
+        if to not in (None, "dataset", "product"):
+            raise CLIError(f"--to: expected 'dataset' or 'product', found {to!r}")
+        if not src.exists():
+            raise CLIError(f"file not found: {src}")
+        to_product = to == "product" or dst.suffix.lower() in (".h5", ".hdf5")
+        src_is_product = prod.is_product(src)
+        src_is_recon = not src_is_product and _is_reconstruction(src)
+        if src_is_product or src_is_recon:
+            if data is None:
+                kind = "a Ptychodus product" if src_is_product else "a reconstruction"
+                raise CLIError(
+                    f"{src}: {kind} needs --data DATASET (its positions, frame and geometry)"
+                )
+            ds = _load_dataset(data, probe)
+            if src_is_product and not to_product:
+                if dst.suffix.lower() != ".npz":
+                    raise CLIError(f"{dst}: expected a reconstruction .npz, found {dst.suffix!r}")
+                rec = prod.product_to_reconstruction(prod.read_product(src), ds)
+                write_reconstruction(rec, dst)
+                typer.echo(f"wrote {dst} (reconstruction in {data}'s frame)")
+                return
+            if src_is_product:
+                raise CLIError(f"{src}: already a Ptychodus product")
+            if not to_product:
+                raise CLIError(
+                    f"{dst}: a reconstruction converts to a product (.h5/.hdf5, or --to product)"
+                )
+            product = prod.reconstruction_to_product(
+                read_reconstruction(src, ds.frame_shape), ds
+            )
+            prod.write_product(product, dst)
+            typer.echo(f"wrote {dst} (Ptychodus product, {product.n} positions)")
+            return
         ds = _load_dataset(src, probe, counts=counts)
+        if to_product:
+            product = prod.dataset_to_product(ds)
+            prod.write_product(product, dst)
+            what = "the truth object" if ds.objectGuess is not None else "a unit object"
+            typer.echo(f"wrote {dst} (Ptychodus product of {what}, {product.n} positions)")
+            return
+        _check_writable_suffix(dst)
         add_parent(ds.metadata, src)
         ds.metadata.setdefault("transformations", []).append(
             {"op": "convert", "from": src.suffix.lstrip("."), "to": dst.suffix.lstrip(".")}
@@ -847,6 +920,19 @@ def convert(
         typer.echo(f"wrote {dst} ({ds.n} patterns)")
 
     _run(go)
+
+
+def _is_reconstruction(path: Path) -> bool:
+    """True for a reconstruction NPZ (it has ``reconstructed_object``), not a dataset."""
+    import zipfile
+
+    if path.suffix.lower() != ".npz":
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "reconstructed_object.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 # ------------------------------------------------------------------------------------------ study

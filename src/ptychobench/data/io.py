@@ -767,9 +767,14 @@ _ARRAY_KEYS = {
 
 
 def _load_complex_2d(path: str | os.PathLike[str], what: str) -> np.ndarray:
+    from ptychobench.data import product
+
     p = Path(path)
-    ext = _suffix(p)
     _check_exists(p)
+    if product.is_product(p):
+        # a Ptychodus product: its probe (mode 0) or its object (one layer)
+        return product.product_probe(p) if what == "probe" else product.product_object(p)
+    ext = _suffix(p)
     npz_keys, cxi_keys = _ARRAY_KEYS[what]
     arr = None
     try:

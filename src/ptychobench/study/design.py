@@ -140,6 +140,28 @@ class DataSpec(_Strict):
     counts: bool = Field(
         False, description="the file's diffraction holds photon counts, not amplitudes (sqrt)"
     )
+    probe: str | None = Field(
+        None,
+        description="the probe (NPZ, CXI or Ptychodus product; relative to the design file), "
+        "for a scan file that carries none, or to replace its own",
+    )
+
+    def load(self) -> Any:
+        """The scan as a validated :class:`PtychoDataset`, with ``probe`` applied; a scan that
+        ends up without a probe is refused in one line (every arm needs one)."""
+        from ptychobench.data.dataset import require_probe, with_probe
+        from ptychobench.data.io import load, load_probe
+
+        ds = load(self.file, counts=self.counts)
+        if self.probe is not None:
+            ds = with_probe(ds, load_probe(self.probe), self.probe)
+        if ds.probeGuess is None:
+            raise DesignError(
+                f"data.file: {self.file} holds no probe; add data.probe = \"FILE\" "
+                "(NPZ, CXI or Ptychodus product)"
+            )
+        require_probe(ds, self.file)
+        return ds
 
 
 class Seeds(_Strict):
@@ -456,7 +478,6 @@ def design_from_dict(
 def _with_data_dose(doc: dict[str, Any], source: str, base_dir: Path | None) -> dict[str, Any]:
     """``doc`` with ``data.file`` resolved and ``doses`` = [the data's mean photons per pattern]
     (read from the file, which is validated here: a bad file fails before anything runs)."""
-    from ptychobench.data.io import load
 
     if "doses" in doc:
         raise DesignError(
@@ -466,12 +487,16 @@ def _with_data_dose(doc: dict[str, Any], source: str, base_dir: Path | None) -> 
     file = data.get("file")
     if not isinstance(file, str):
         raise DesignError(f"{source}: data.file: expected the path of a .npz or .cxi scan")
-    p = Path(file)
-    if base_dir is not None and not p.is_absolute():
-        p = (base_dir / p).resolve()
-    data["file"] = str(p)
+    for key in ("file", "probe"):
+        if isinstance(data.get(key), str):
+            p = Path(data[key])
+            if base_dir is not None and not p.is_absolute():
+                p = (base_dir / p).resolve()
+            data[key] = str(p)
     try:
-        ds = load(p, counts=bool(data.get("counts", False)))
+        ds = DataSpec.model_validate(data).load()
+    except DesignError as exc:
+        raise DesignError(f"{Path(source).name}: {exc}") from None
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DesignError(f"data.file ({Path(source).name}): {first}") from None

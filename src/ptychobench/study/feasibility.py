@@ -143,11 +143,10 @@ def _probe_and_object(design: StudyDesign) -> tuple[np.ndarray, tuple[int, int],
 
 def _measured(design: StudyDesign) -> tuple[np.ndarray, tuple[int, int], float]:
     """Experimental mode: the file's positions, frame and probe; the arms it can feed."""
-    from ptychobench.data.io import load
     from ptychobench.physics.probes import probe_info
 
     assert design.data is not None
-    ds = load(design.data.file, counts=design.data.counts)  # validated: it loaded for the design
+    ds = design.data.load()  # validated: it loaded for the design
     if design.has("Baseline") and ds.Y is None:
         raise DesignError(
             f"arms: the Baseline trains on ground-truth patches (Y), which {design.data.file} "

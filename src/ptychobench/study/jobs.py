@@ -240,7 +240,10 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
         from ptychobench.data.io import sha256_file
 
         assert design.data is not None
-        return {**design.data.model_dump(), "sha256": sha256_file(design.data.file)}
+        key = {**design.data.model_dump(), "sha256": sha256_file(design.data.file)}
+        if design.data.probe is not None:
+            key["probe_sha256"] = sha256_file(design.data.probe)
+        return key
     if job.kind == "split":
         return {**design.split.model_dump(), "heldout_seed": _heldout_seed(design, job)}
     if job.kind == "halves":
@@ -388,10 +391,10 @@ def _run_simulate(job: Job, design: StudyDesign, run_dir: Path, stage: Path, pro
 
 def _run_load(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
     """Experimental mode: the scan file, validated, as the study's full dataset."""
-    from ptychobench.data.io import add_parent, load, sha256_file
+    from ptychobench.data.io import add_parent, sha256_file
 
     assert design.data is not None
-    ds = load(design.data.file, counts=design.data.counts)
+    ds = design.data.load()
     add_parent(ds.metadata, design.data.file)
     ds.metadata.setdefault("transformations", []).append(
         {"op": "study_data", "file": design.data.file, "sha256": sha256_file(design.data.file)}
