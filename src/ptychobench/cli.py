@@ -129,6 +129,18 @@ def simulate(
     noise_seed: Annotated[
         int | None, typer.Option("--noise-seed", help="Seed of the Poisson draw [default seed+1].")
     ] = None,
+    energy_ev: Annotated[
+        float | None,
+        typer.Option("--energy-ev", help="Photon energy (eV) [default 8800]: sets the pixel."),
+    ] = None,
+    detector_distance_m: Annotated[
+        float | None,
+        typer.Option("--detector-distance-m", help="Sample-detector distance (m) [default 2.0]."),
+    ] = None,
+    detector_pixel_m: Annotated[
+        float | None,
+        typer.Option("--detector-pixel-m", help="Detector pixel pitch (m) [default 75e-6]."),
+    ] = None,
 ) -> None:
     """Simulate a dataset with ground truth (objectGuess and Y).
 
@@ -156,6 +168,15 @@ def simulate(
             noise="none" if noiseless else "poisson",
             seed=seed,
             noise_seed=noise_seed,
+            **{
+                k: v
+                for k, v in (
+                    ("energy_ev", energy_ev),
+                    ("detector_distance_m", detector_distance_m),
+                    ("detector_pixel_m", detector_pixel_m),
+                )
+                if v is not None
+            },
         )
         _check_writable_suffix(out)
         ds = run_simulation(cfg)
@@ -163,7 +184,8 @@ def simulate(
         m = ds.metadata
         typer.echo(
             f"wrote {out}: {ds.n} patterns, N={ds.N}, dose {m['dose']:g}, "
-            f"realised {m['realised_mean_photons']:.1f} photons/pattern"
+            f"realised {m['realised_mean_photons']:.1f} photons/pattern, "
+            f"object pixel {cfg.geometry.object_pixel_m * 1e9:.1f} nm"
         )
 
     _run(go)
