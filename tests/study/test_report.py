@@ -662,3 +662,26 @@ def test_page_opens_with_the_verdict_and_collapses_the_long_sections(ok_run):
     # one repeat: a winner in every scored cell, never a tie, and the page says why
     assert all(a["data-arm"] != "tie" for a in cells)
     assert "one repeat" in html
+
+
+def test_frc_cut_offs_are_given_in_nm_when_the_data_carry_a_geometry(tmp_path):
+    from ptychobench.study.report import _resolution_html, object_pixel_m
+
+    agg = {
+        "PtyChi": {"frc50": {"mean_phase": 0.25, "mean_amplitude": 0.5}},
+        "Flat": {"frc50": {"mean_phase": None, "mean_amplitude": 0.02}},
+    }
+    assert object_pixel_m(tmp_path) is None
+    assert "cycles/px only" in _resolution_html(tmp_path, agg, ["PtyChi", "Flat"])
+    cmp = tmp_path / "compare" / "dose_1000" / "dense" / "test"
+    cmp.mkdir(parents=True)
+    (cmp / "metrics.json").write_text(json.dumps({"settings": {"object_pixel_size_m": 58.7e-9}}))
+    assert object_pixel_m(tmp_path) == pytest.approx(58.7e-9)
+    html = _resolution_html(tmp_path, agg, ["PtyChi", "Flat"])
+    page = _parse(html)
+    assert page.problems == [] and page.stack == []
+    assert "object pixel 58.7 nm" in html and "117.4 nm" in html  # Nyquist = 2 pixels
+    cells = [text for _, text in page.cells]
+    # 0.25 cycles/px → a 4-pixel period = 234.8 nm; 0.5 → 117.4 nm; 0.02 → 2935 nm
+    assert cells[:5] == ["PtyChi", "0.25", "234.8", "0.5", "117.4"]
+    assert cells[5] == "Flat" and cells[8:] == ["0.02", "2935"]
