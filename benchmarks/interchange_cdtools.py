@@ -51,8 +51,9 @@ def cdtools_reconstruct(cxi: Path, epochs: int, seed: int = 0) -> tuple[np.ndarr
         probe = np.asarray(f["entry_1/instrument_1/source_1/illumination"][()])
     model = FancyPtycho.from_dataset(dataset)
     with torch.no_grad():
+        # FancyPtycho's intensity is |far_field(probe_norm · probe · O)|² (orthonormal FFT)
         model.probe.data[...] = 0
-        model.probe.data[0] = torch.as_tensor(probe, dtype=model.probe.dtype)
+        model.probe.data[0] = torch.as_tensor(probe, dtype=model.probe.dtype) / model.probe_norm
     for name, p in model.named_parameters():
         p.requires_grad_(name == "obj")
     quarter = epochs // 4

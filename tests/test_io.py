@@ -126,50 +126,94 @@ def test_same_dataset_same_bytes(tmp_path: Path) -> None:
 
 
 def test_cxi_layout(tmp_path: Path) -> None:
+    """A dataset without geometry and with non-integer amplitudes (the full layout with metres
+    and counts is checked in test_cxi.py)."""
     ds = make_ds()
     pio.write_cxi(ds, tmp_path / "d.cxi")
     with h5py.File(tmp_path / "d.cxi", "r") as f:
-        amp = f["/entry_1/data_1/data"]
-        assert amp.attrs["quantity"] == "amplitude"
-        assert np.array_equal(amp[()], ds.diffraction)
-        inten = f["/entry_1/instrument_1/detector_1/data"][()]
-        assert inten.dtype == np.float32
-        np.testing.assert_allclose(inten, ds.diffraction.astype(np.float64) ** 2, rtol=1e-6)
-        assert np.array_equal(f["/entry_1/instrument_1/source_1/probe"][()], ds.probeGuess)
-        t = f["/entry_1/sample_1/geometry_1/translation"]
-        assert t.attrs["units"] == "pixel"
-        assert np.array_equal(t[()], np.stack([ds.xcoords, ds.ycoords, 0 * ds.xcoords], -1))
+        assert f["cxi_version"][()] == 160 and f["number_of_entries"][()] == 1
+        inten = f["/entry_1/instrument_1/detector_1/data"]
+        assert inten.attrs["quantity"] == "intensity" and inten.dtype == np.float64
+        assert np.array_equal(inten[()], ds.diffraction.astype(np.float64) ** 2)
+        link = f.get("/entry_1/data_1/data", getlink=True)
+        assert link.path == "/entry_1/instrument_1/detector_1/data"
+        # the exact probe in our extras; the photon-scaled one where Ptychodus reads a probe
+        assert np.array_equal(f["/entry_1/ptychobench/probeGuess"][()], ds.probeGuess)
+        ill = f["/entry_1/instrument_1/source_1/illumination"][()]
+        photons = float(np.mean(np.sum(ds.diffraction.astype(np.float64) ** 2, axis=(1, 2))))
+        assert np.sum(np.abs(ill.astype(np.complex128)) ** 2) == pytest.approx(photons, rel=1e-6)
+        assert "/entry_1/instrument_1/source_1/probe" not in f  # NeXus: the radiation type
+        # no geometry: no metres made up, no pixel-unit translation; exact pixels in extras
+        assert "/entry_1/sample_1/geometry_1/translation" not in f
+        assert np.array_equal(f["/entry_1/ptychobench/xcoords"][()], ds.xcoords)
+        assert np.array_equal(f["/entry_1/ptychobench/ycoords"][()], ds.ycoords)
         assert json.loads(f["/entry_1/ptychobench/metadata"].asstr()[()]) == ds.metadata
 
 
-def test_foreign_cxi_intensity_in_pixels(tmp_path: Path) -> None:
-    ds = make_ds()
-    counts = np.random.default_rng(1).poisson(20.0, ds.diffraction.shape).astype(np.float32)
-    path = tmp_path / "foreign.cxi"
+def _foreign_cxi(
+    path: Path,
+    counts: np.ndarray,
+    ds: PtychoDataset,
+    *,
+    geometry: bool,
+    translation: np.ndarray,
+    units: str | None,
+) -> None:
     with h5py.File(path, "w") as f:
         f["/entry_1/instrument_1/detector_1/data"] = counts
         f["/entry_1/instrument_1/source_1/probe"] = ds.probeGuess
-        t = f.create_dataset(
-            "/entry_1/sample_1/geometry_1/translation",
-            data=np.stack([ds.xcoords, ds.ycoords, 0 * ds.xcoords], -1),
-        )
-        t.attrs["units"] = "pixel"
+        if geometry:
+            f["/entry_1/instrument_1/source_1/wavelength"] = 1e-10
+            f["/entry_1/instrument_1/detector_1/distance"] = 1.0
+            f["/entry_1/instrument_1/detector_1/x_pixel_size"] = 1e-4
+            f["/entry_1/instrument_1/detector_1/y_pixel_size"] = 1e-4
+        t = f.create_dataset("/entry_1/sample_1/geometry_1/translation", data=translation)
+        if units is not None:
+            t.attrs["units"] = units
+
+
+def test_foreign_cxi_counts_in_metres(tmp_path: Path) -> None:
+    ds = make_ds()
+    counts = np.random.default_rng(1).poisson(20.0, ds.diffraction.shape).astype(np.float32)
+    dx = 1e-10 * 1.0 / (ds.N * 1e-4)  # object pixel λz/(Np)
+    t = np.stack([ds.xcoords, ds.ycoords, 0 * ds.xcoords], -1) * dx
+    path = tmp_path / "foreign.cxi"
+    _foreign_cxi(path, counts, ds, geometry=True, translation=t, units=None)  # CXI: metres
     back = pio.read_cxi(path)
     assert back.diffraction.dtype == np.float32
     np.testing.assert_allclose(back.diffraction, np.sqrt(counts), rtol=1e-7)
-    assert np.array_equal(back.xcoords, ds.xcoords)
-    assert back.metadata["transformations"][-1]["op"] == "counts_to_amplitude"
+    # positions: t/dx + δ (δ = 0.5 for even N), moved by whole pixels to min = N//2 + frac
+    shift = back.xcoords - ds.xcoords
+    assert np.ptp(shift) < 1e-9
+    assert abs((shift[0] - 0.5) - round(shift[0] - 0.5)) < 1e-9
+    assert back.metadata["transformations"][0]["op"] == "cxi_data_to_amplitude"
+    assert np.array_equal(back.probeGuess, ds.probeGuess)
+    assert back.metadata["scale"] == 1.0
+
+
+def test_foreign_cxi_in_pixels_rejected(tmp_path: Path) -> None:
+    """CXI translations are metres (SI); pixel units without a geometry cannot be placed."""
+    ds = make_ds()
+    counts = np.random.default_rng(1).poisson(20.0, ds.diffraction.shape).astype(np.float32)
+    path = tmp_path / "foreign.cxi"
+    t = np.stack([ds.xcoords, ds.ycoords, 0 * ds.xcoords], -1)
+    _foreign_cxi(path, counts, ds, geometry=False, translation=t, units="pixel")
+    with pytest.raises(DatasetError, match="translation.*metres.*units 'pixel'"):
+        pio.read_cxi(path)
 
 
 def test_foreign_cxi_metres_rejected(tmp_path: Path) -> None:
+    """Metres (no units attribute) but no geometry to convert them to pixels."""
     ds = make_ds()
     path = tmp_path / "foreign.cxi"
-    with h5py.File(path, "w") as f:
-        f["/entry_1/instrument_1/detector_1/data"] = ds.diffraction**2
-        f["/entry_1/instrument_1/source_1/probe"] = ds.probeGuess
-        f["/entry_1/sample_1/geometry_1/translation"] = np.zeros((ds.n, 3))
-    with pytest.raises(DatasetError, match="translation.*units 'pixel'"):
+    _foreign_cxi(
+        path, ds.diffraction**2, ds, geometry=False, translation=np.zeros((ds.n, 3)), units=None
+    )
+    with h5py.File(path, "a") as f:
+        f["/entry_1/instrument_1/detector_1/data"].attrs["quantity"] = "intensity"
+    with pytest.raises(DatasetError, match="translation.*no geometry.*wavelength") as err:
         pio.read_cxi(path)
+    assert "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------- legacy layouts
@@ -419,9 +463,12 @@ def test_cxi_writer_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pio, "metadata_json", boom)
+    from ptychobench.data import cxi
+
+    monkeypatch.setattr(cxi, "metadata_json", boom)
     with pytest.raises(RuntimeError):
         pio.write_cxi(make_ds(), tmp_path / "d.cxi")
+    assert listdir(tmp_path) == []
     monkeypatch.undo()
 
     real_create = h5py.Group.create_dataset

@@ -883,8 +883,9 @@ def convert(
     product with --data (its positions and probe); a product becomes a reconstruction NPZ in
     the --data dataset's object frame.
 
-    Examples: ptychobench convert d.npz d.cxi ;
-    ptychobench convert recon.npz recon.h5 --data d.npz ;
+    Example: ptychobench convert d.npz d.cxi
+
+    Also: ptychobench convert recon.npz recon.h5 --data d.npz ;
     ptychobench convert their_product.h5 recon.npz --data d.npz
     """
 

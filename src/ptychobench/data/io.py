@@ -15,30 +15,17 @@ reference layouts: ``diff3d`` for ``diffraction``, ``ground_truth_patches`` for 
 the last axis matches ``len(xcoords)``, and trailing singleton channels (n, N, N, 1).
 Reference-only keys (``xcoords_start``, ``scan_index``, ...) are ignored (logged at DEBUG).
 
-CXI layout (written by :func:`write_cxi`)
------------------------------------------
-========================================================  ==========================================
-path                                                      content
-========================================================  ==========================================
-``/cxi_version``                                          160
-``/entry_1/data_1/data``                                  (n, N, N) float32 **amplitude** (exact),
-                                                          attribute ``quantity='amplitude'``
-``/entry_1/instrument_1/detector_1/data``                 (n, N, N) float32 amplitude² = photon
-                                                          counts (the CXI convention, for other
-                                                          readers), ``quantity='intensity'``
-``/entry_1/instrument_1/source_1/probe``                  (N, N) complex64 probe
-``/entry_1/sample_1/geometry_1/translation``              (n, 3) float64 (x, y, 0) in **object
-                                                          pixels** (``units='pixel'``), not metres
-``/entry_1/ptychobench/xcoords``, ``.../ycoords``         (n,) float64 exact coordinates
-``/entry_1/ptychobench/objectGuess``, ``Y``, ``groups``   optional arrays, as in the NPZ
-``/entry_1/ptychobench/metadata``                         UTF-8 JSON string
-========================================================  ==========================================
-
-:func:`read_cxi` prefers the exact ptychobench copies; for a foreign CXI file it takes the
-amplitude as ``sqrt`` of the detector intensities (``/entry_1/instrument_1/detector_1/data`` or
-``/entry_1/data_1/data`` without ``quantity='amplitude'``) and positions from ``translation`` only
-when its ``units`` attribute says ``pixel`` (metres would need the geometry; that is refused with a
-clear error rather than guessed).
+CXI (HDF5)
+----------
+:func:`write_cxi` / :func:`read_cxi` live in :mod:`ptychobench.data.cxi`, whose docstring has the
+layout table and the sign/axis/origin convention. In short: CXI 1.6 as CDTools and Ptychodus read
+it — integer photon counts in ``/entry_1/instrument_1/detector_1/data`` (linked from
+``/entry_1/data_1/data``), source energy (J) and wavelength (m), detector distance, pixel sizes,
+basis vectors and corner position, sample translations in metres, the probe on the photon scale
+as ``/entry_1/image_1`` (= ``source_1/illumination``), the truth object as ``/entry_1/image_2``,
+and our exact arrays and metadata JSON in ``/entry_1/ptychobench`` (NPZ → CXI → NPZ is
+bit-exact). The reader also takes CXI files other programs wrote (no probe → ``probeGuess=None``)
+and our older layout (amplitudes in ``data_1/data``, pixel translations).
 
 Every write goes to a temporary file in the destination directory, is flushed and fsynced, and
 is then renamed over the final name (``os.replace``); on any error the temporary file is
@@ -501,176 +488,19 @@ def write_npz(ds: PtychoDataset, path: str | os.PathLike[str]) -> None:
 # CXI (HDF5)
 # --------------------------------------------------------------------------------------------
 
-_CXI_AMPLITUDE = "/entry_1/data_1/data"
-_CXI_INTENSITY = "/entry_1/instrument_1/detector_1/data"
-_CXI_PROBE = "/entry_1/instrument_1/source_1/probe"
-_CXI_PROBE_FALLBACKS = (
-    _CXI_PROBE,
-    "/entry_1/instrument_1/source_1/illumination",
-    "/entry_1/instrument_1/detector_1/probe",
-    "/entry_1/sample_1/probe",
-)
-_CXI_TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
-_CXI_PB = "/entry_1/ptychobench"
-
 
 def write_cxi(ds: PtychoDataset, path: str | os.PathLike[str]) -> None:
-    """Validate and atomically write a dataset as CXI/HDF5 (layout in the module docstring).
+    """Validate and atomically write a CXI 1.6 file (:func:`ptychobench.data.cxi.write_cxi`)."""
+    from ptychobench.data import cxi
 
-    Parameters
-    ----------
-    ds : PtychoDataset
-    path : path-like
-        Destination, normally ending in ``.cxi``.
-
-    Raises
-    ------
-    DatasetError
-        If the dataset fails validation (nothing is written).
-    """
-    import h5py
-
-    source = str(path)
-    validate(ds, source=source)
-    arrays = _canonical(ds)
-    meta_text = metadata_json(ds.metadata, source=source)
-    amp = arrays["diffraction"]
-    translation = np.stack(
-        [arrays["xcoords"], arrays["ycoords"], np.zeros_like(arrays["xcoords"])], axis=-1
-    )
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="earliest") as f:
-        f.create_dataset("cxi_version", data=np.int64(160))
-        d = f.create_dataset(_CXI_AMPLITUDE, data=amp)
-        d.attrs["quantity"] = "amplitude"
-        d.attrs["description"] = "far-field amplitude = sqrt(photon counts), DC at (N//2, N//2)"
-        d = f.create_dataset(_CXI_INTENSITY, data=np.square(amp, dtype=np.float32))
-        d.attrs["quantity"] = "intensity"
-        d.attrs["description"] = "photon counts = amplitude**2 (float32)"
-        f.create_dataset(_CXI_PROBE, data=arrays["probeGuess"])
-        d = f.create_dataset(_CXI_TRANSLATION, data=translation)
-        d.attrs["units"] = "pixel"
-        d.attrs["description"] = "(x = column, y = row, 0) scan positions in object pixels"
-        pb = f.require_group(_CXI_PB)
-        for key in ("xcoords", "ycoords", "objectGuess", "Y", "groups"):
-            if key in arrays:
-                pb.create_dataset(key, data=arrays[key])
-        pb.create_dataset("metadata", data=meta_text, dtype=h5py.string_dtype("utf-8"))
+    cxi.write_cxi(ds, path)
 
 
 def read_cxi(path: str | os.PathLike[str]) -> PtychoDataset:
-    """Read and validate a CXI/HDF5 dataset (ptychobench layout, or a foreign file in pixels).
+    """Read and validate a CXI file, ours or foreign (:func:`ptychobench.data.cxi.read_cxi`)."""
+    from ptychobench.data import cxi
 
-    Parameters
-    ----------
-    path : path-like
-
-    Returns
-    -------
-    PtychoDataset
-
-    Raises
-    ------
-    DatasetError
-        Missing file, not HDF5, missing datasets, positions not in pixel units.
-    """
-    import h5py
-
-    p = Path(path)
-    source = str(p)
-    _check_exists(p)
-    try:
-        f = h5py.File(p, "r")
-    except Exception as exc:
-        raise DatasetError(
-            f"{source}: cannot read as CXI/HDF5 (corrupt or not HDF5): {exc}"
-        ) from exc
-    try:
-        with f:
-            return _read_cxi_open(f, source)
-    except DatasetError:
-        raise
-    except Exception as exc:  # h5py errors on corrupt content
-        raise DatasetError(f"{source}: corrupt CXI/HDF5 content: {exc}") from exc
-
-
-def _read_cxi_open(f: Any, source: str) -> PtychoDataset:
-    import h5py
-
-    def get(name: str) -> np.ndarray | None:
-        obj = f.get(name)
-        if obj is None:
-            return None
-        if not isinstance(obj, h5py.Dataset):
-            raise DatasetError(f"{source}: '{name}': expected an HDF5 dataset, found a group")
-        return np.asarray(obj[()])
-
-    meta: dict[str, Any] = {}
-    pb_meta = f.get(f"{_CXI_PB}/metadata")
-    if pb_meta is not None:
-        meta = parse_metadata(pb_meta.asstr()[()], source=source)
-    else:
-        log.warning("%s: no '%s/metadata'; using empty metadata", source, _CXI_PB)
-
-    amp_node = f.get(_CXI_AMPLITUDE)
-    quantity = amp_node.attrs.get("quantity") if amp_node is not None else None
-    if isinstance(quantity, bytes):
-        quantity = quantity.decode()
-    if amp_node is not None and quantity == "amplitude":
-        diffraction = get(_CXI_AMPLITUDE)
-    else:
-        name = _CXI_INTENSITY if _CXI_INTENSITY in f else _CXI_AMPLITUDE
-        intensity = get(name)
-        if intensity is None:
-            raise DatasetError(
-                f"{source}: key '{_CXI_AMPLITUDE}': expected diffraction data, found missing"
-            )
-        log.info("%s: taking amplitude = sqrt of intensities in %s", source, name)
-        diffraction = _counts_to_amplitude(intensity, meta, source)
-
-    probe = None
-    for name in _CXI_PROBE_FALLBACKS:
-        probe = get(name)
-        if probe is not None:
-            break
-    if probe is None:
-        raise DatasetError(f"{source}: key '{_CXI_PROBE}': expected the probe, found missing")
-
-    x = get(f"{_CXI_PB}/xcoords")
-    y = get(f"{_CXI_PB}/ycoords")
-    if x is None or y is None:
-        node = f.get(_CXI_TRANSLATION)
-        if node is None:
-            raise DatasetError(
-                f"{source}: key '{_CXI_TRANSLATION}': expected scan positions, found missing"
-            )
-        units = node.attrs.get("units", "")
-        if isinstance(units, bytes):
-            units = units.decode()
-        if units not in ("pixel", "pixels", "px"):
-            raise DatasetError(
-                f"{source}: key '{_CXI_TRANSLATION}': expected units 'pixel' (object pixels), "
-                f"found units {units!r}; convert positions to object pixels first"
-            )
-        t = np.asarray(node[()])
-        if t.ndim != 2 or t.shape[1] < 2:
-            raise DatasetError(
-                f"{source}: key '{_CXI_TRANSLATION}': expected shape (n, 3), found {t.shape}"
-            )
-        x, y = t[:, 0].copy(), t[:, 1].copy()
-
-    raw: dict[str, np.ndarray] = {
-        "diffraction": diffraction,
-        "probeGuess": probe,
-        "xcoords": x,
-        "ycoords": y,
-        # metadata already parsed; pass through as JSON text
-        "metadata": np.array(metadata_json(meta, source=source), dtype=np.str_),
-    }
-    for key in ("objectGuess", "Y", "groups"):
-        a = get(f"{_CXI_PB}/{key}")
-        if a is not None:
-            raw[key] = a
-    return _from_arrays(raw, source=source, counts=False)
+    return cxi.read_cxi(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,11 +587,16 @@ def dataset_bytes_npz(ds: PtychoDataset) -> bytes:
 _ARRAY_KEYS = {
     "probe": (
         ("probeGuess", "probe"),
-        ("/entry_1/instrument_1/source_1/probe", "/entry_1/instrument_1/probe"),
+        (
+            "/entry_1/ptychobench/probeGuess",
+            "/entry_1/instrument_1/source_1/illumination",
+            "/entry_1/instrument_1/source_1/probe",
+            "/entry_1/instrument_1/probe",
+        ),
     ),
     "object": (
         ("objectGuess", "object"),
-        ("/entry_1/ptychobench/objectGuess", "/entry_1/sample_1/object"),
+        ("/entry_1/ptychobench/objectGuess", "/entry_1/image_2/data", "/entry_1/sample_1/object"),
     ),
 }
 
