@@ -17,7 +17,7 @@ from ptychobench.data import cxi
 from ptychobench.data import io as pio
 from ptychobench.data.dataset import DatasetError, PtychoDataset
 from ptychobench.physics import intensity
-from ptychobench.physics.geometry import EV_J, Geometry, geometry_of
+from ptychobench.physics.geometry import EV_J, Geometry, geometry_of, probe_centre_offset
 from ptychobench.simulate import simulate
 
 N = 32
@@ -631,4 +631,4 @@ def test_translation_helpers_invert(sim_jitter: PtychoDataset) -> None:
     flipped = -cxi._default_basis(geo)
     xf, yf = cxi.coords_from_translation(T, geo, flipped)
     assert np.allclose(xf - DELTA, -(x - DELTA)) and np.allclose(yf - DELTA, -(y - DELTA))
-    assert cxi.probe_centre_offset(N) == DELTA and cxi.probe_centre_offset(33) == 0.0
+    assert probe_centre_offset(N) == DELTA and probe_centre_offset(33) == 0.0

@@ -19,7 +19,6 @@ from ptychobench.data.product import (
     Product,
     dataset_to_product,
     is_product,
-    probe_centre_offset,
     product_coords,
     product_object,
     product_probe,
@@ -30,7 +29,7 @@ from ptychobench.data.product import (
 )
 from ptychobench.data.recon import Reconstruction
 from ptychobench.physics.farfield import intensity
-from ptychobench.physics.geometry import Geometry, geometry_of
+from ptychobench.physics.geometry import Geometry, geometry_of, probe_centre_offset
 
 N = 32
 EXTS = (".h5", ".npz")

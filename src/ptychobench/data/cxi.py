@@ -118,17 +118,23 @@ from ptychobench.data.dataset import (
     PtychoDataset,
     metadata_json,
     parse_metadata,
-    photons_per_pattern,
+    photon_scale,
+    valid_scale,
     validate,
 )
 from ptychobench.data.io import _canonical, _check_exists, atomic_path
-from ptychobench.physics.geometry import EV_J, Geometry, energy_ev_from_wavelength, geometry_of
+from ptychobench.physics.geometry import (
+    EV_J,
+    Geometry,
+    energy_ev_from_wavelength,
+    geometry_of,
+    probe_centre_offset,
+)
 
 __all__ = [
     "CXI_VERSION",
     "coords_from_translation",
     "photon_probe",
-    "probe_centre_offset",
     "read_cxi",
     "translation_from_coords",
     "write_cxi",
@@ -171,12 +177,6 @@ _PB_ARRAYS = ("xcoords", "ycoords", "probeGuess", "objectGuess", "Y", "groups")
 # --------------------------------------------------------------------------------------------
 # conventions (pure numbers)
 # --------------------------------------------------------------------------------------------
-
-
-def probe_centre_offset(N: int) -> float:
-    """``δ = N//2 − (N−1)/2``: our patch centre (pixel ``N//2``) minus the probe array's
-    geometric centre (``(N−1)/2``, where CXI/Ptychodus place a position); 0.5 for even N."""
-    return N // 2 - (N - 1) / 2
 
 
 def translation_from_coords(
@@ -230,23 +230,23 @@ def coords_from_translation(
 def photon_probe(ds: PtychoDataset) -> tuple[np.ndarray, float, str]:
     """The probe on the photon scale, ``s · probeGuess`` (complex64), with ``s`` and its source.
 
-    ``s = metadata["scale"]`` when it is a positive number, else ``sqrt(mean photons / Σ|P|²)``
-    (so that ``Σ|s P|²`` equals the mean photons per pattern, as it does through a unit object).
+    ``s`` is :func:`~ptychobench.data.dataset.photon_scale`: ``metadata["scale"]`` when valid,
+    else ``sqrt(mean photons / Σ|P|²)`` (``Σ|s P|²`` = mean photons through a unit object).
     """
     if ds.probeGuess is None:
         raise DatasetError(
             "dataset: key 'probeGuess': expected an (N, N) complex probe, found None"
         )
-    probe = np.asarray(ds.probeGuess, dtype=np.complex128)
-    scale = ds.metadata.get("scale")
-    if isinstance(scale, (int, float)) and math.isfinite(float(scale)) and float(scale) > 0:
-        s, how = float(scale), "metadata.scale"
-    else:
-        photons = float(photons_per_pattern(ds.diffraction).mean())
-        energy = float(np.square(np.abs(probe)).sum())
-        s = math.sqrt(photons / energy) if photons > 0 and energy > 0 else 1.0
-        how = "sqrt(mean photons / sum |P|^2)"
-    return (probe * s).astype(np.complex64), s, how
+    try:
+        s = photon_scale(ds)
+    except DatasetError:  # no photons to scale to (an all-zero scan): keep the probe as is
+        s = 1.0
+    how = (
+        "metadata.scale"
+        if valid_scale(ds.metadata.get("scale")) is not None
+        else "sqrt(mean photons / sum |P|^2)"
+    )
+    return (np.asarray(ds.probeGuess, np.complex128) * s).astype(np.complex64), s, how
 
 
 # --------------------------------------------------------------------------------------------

@@ -429,6 +429,53 @@ def with_probe(ds: PtychoDataset, probe: np.ndarray, source: str) -> PtychoDatas
     return out
 
 
+def valid_scale(value: Any) -> float | None:
+    """``value`` as a positive finite float, else None."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def photon_scale(ds: PtychoDataset) -> float:
+    """The amplitude factor ``s`` from our probe units to the photon scale.
+
+    ``metadata["scale"]`` when the dataset has one (expected counts = s²·|FFT_ortho(P·O)|²),
+    else ``sqrt(mean photons per pattern / Σ|probeGuess|²)`` (a unit-transmission object then
+    predicts the measured mean photons).
+
+    Parameters
+    ----------
+    ds : PtychoDataset
+
+    Returns
+    -------
+    float
+        ``s > 0``.
+
+    Raises
+    ------
+    DatasetError
+        No scale and nothing to estimate one from (one line).
+    """
+    scale = valid_scale(ds.metadata.get("scale"))
+    if scale is not None:
+        return scale
+    photons = float(photons_per_pattern(ds.diffraction).mean())
+    energy = (
+        0.0
+        if ds.probeGuess is None
+        else float(np.square(np.abs(np.asarray(ds.probeGuess, np.complex128))).sum())
+    )
+    if not (photons > 0 and energy > 0):
+        raise DatasetError(
+            f"dataset: key 'metadata.scale': expected a scale, or photons and probe energy "
+            f"> 0 to estimate one, found {photons} and {energy}"
+        )
+    return math.sqrt(photons / energy)
+
+
 def photons_per_pattern(diffraction: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """(n,) float64 total photons Σ amplitude² of each pattern, computed in chunks.
 

@@ -84,17 +84,20 @@ from typing import Any
 
 import numpy as np
 
-from ptychobench.data.dataset import DatasetError, PtychoDataset, photons_per_pattern
+from ptychobench.data.dataset import (
+    DatasetError,
+    PtychoDataset,
+    photon_scale,
+    valid_scale,
+)
 from ptychobench.data.io import atomic_path
 from ptychobench.data.recon import Reconstruction
-from ptychobench.physics.geometry import geometry_of
+from ptychobench.physics.geometry import geometry_of, probe_centre_offset
 
 __all__ = [
     "Product",
     "dataset_to_product",
-    "photon_scale",
     "is_product",
-    "probe_centre_offset",
     "product_coords",
     "product_object",
     "product_probe",
@@ -146,23 +149,6 @@ _DATASETS = (
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-def probe_centre_offset(N: int) -> float:
-    """``δ = N // 2 - (N - 1) / 2``: our patch centre minus Ptychodus' (0.5 px for even N).
-
-    Parameters
-    ----------
-    N : int
-        Probe (patch) side in pixels.
-
-    Returns
-    -------
-    float
-        0.5 for even ``N``, 0.0 for odd ``N``. A ptychobench coordinate ``x`` and a Ptychodus
-        object-pixel position ``p`` cut the same patch when ``p = x - δ``.
-    """
-    return N // 2 - (N - 1) / 2
 
 
 @dataclasses.dataclass
@@ -707,53 +693,6 @@ def _pixel_size(ds: PtychoDataset, what: str) -> tuple[float, float, Any]:
     return geo.object_pixel_x_m, geo.object_pixel_y_m, geo
 
 
-def _valid_scale(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
-
-
-def photon_scale(ds: PtychoDataset) -> float:
-    """The amplitude factor ``s`` from our probe units to the photon scale.
-
-    ``metadata["scale"]`` when the dataset has one (expected counts = s²·|FFT_ortho(P·O)|²),
-    else ``sqrt(mean photons per pattern / Σ|probeGuess|²)`` (a unit-transmission object then
-    predicts the measured mean photons).
-
-    Parameters
-    ----------
-    ds : PtychoDataset
-
-    Returns
-    -------
-    float
-        ``s > 0``.
-
-    Raises
-    ------
-    DatasetError
-        No scale and nothing to estimate one from (one line).
-    """
-    scale = _valid_scale(ds.metadata.get("scale"))
-    if scale is not None:
-        return scale
-    photons = float(photons_per_pattern(ds.diffraction).mean())
-    energy = (
-        0.0
-        if ds.probeGuess is None
-        else float(np.square(np.abs(np.asarray(ds.probeGuess, np.complex128))).sum())
-    )
-    if not (photons > 0 and energy > 0):
-        raise DatasetError(
-            f"dataset: key 'metadata.scale': expected a scale, or photons and probe energy "
-            f"> 0 to estimate one, found {photons} and {energy}"
-        )
-    log.info("dataset has no metadata scale; using sqrt(mean photons / Σ|P|²)")
-    return math.sqrt(photons / energy)
-
-
 def _photon_probe(ds: PtychoDataset) -> np.ndarray:
     """``s · probeGuess`` (Σ|P|² = photons per pattern through a unit-transmission object)."""
     if ds.probeGuess is None:
@@ -875,8 +814,8 @@ def reconstruction_to_product(
     probe = None
     if rec.reconstructed_probe is not None:
         s = (
-            _valid_scale(probe_scale)
-            or _valid_scale(rec.metadata.get("probe_photon_scale"))
+            valid_scale(probe_scale)
+            or valid_scale(rec.metadata.get("probe_photon_scale"))
             or photon_scale(ds)
         )
         probe = (np.asarray(rec.reconstructed_probe, np.complex128) * s).astype(np.complex64)

@@ -28,6 +28,7 @@ __all__ = [
     "energy_ev_from_wavelength",
     "format_length",
     "geometry_of",
+    "probe_centre_offset",
     "wavelength_m",
 ]
 
@@ -162,6 +163,17 @@ def geometry_of(metadata: dict[str, Any], N: int | None = None) -> Geometry | No
     if not record:
         return None
     return Geometry.from_metadata(record, N)
+
+
+def probe_centre_offset(N: int) -> float:
+    """``δ = N // 2 − (N − 1) / 2`` (px): 0.5 for even N, 0 for odd N.
+
+    A ptychobench coordinate lands on patch pixel ``N // 2`` (the FFT's zero frequency);
+    CDTools, Ptychodus and pty-chi put a scan position on the probe array's geometric centre
+    ``(N − 1) / 2``. The same patch is cut when their position is ours minus δ, so every file
+    in metres writes ``(x − δ) · dx``.
+    """
+    return N // 2 - (N - 1) / 2
 
 
 def format_length(metres: float) -> str:
