@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -632,3 +633,76 @@ def test_translation_helpers_invert(sim_jitter: PtychoDataset) -> None:
     xf, yf = cxi.coords_from_translation(T, geo, flipped)
     assert np.allclose(xf - DELTA, -(x - DELTA)) and np.allclose(yf - DELTA, -(y - DELTA))
     assert probe_centre_offset(N) == DELTA and probe_centre_offset(33) == 0.0
+
+
+# ------------------------------------------------------------------ the same, through the CLI
+
+
+@pytest.mark.parametrize(
+    "name,make,words",
+    [b for b in BAD if b[0] in ("pixel_units_no_geometry", "count_mismatch", "non_integer_counts")],
+    ids=["pixel_units_no_geometry", "count_mismatch", "non_integer_counts"],
+)
+@pytest.mark.parametrize("command", ["inspect", "convert", "reconstruct"])
+def test_cli_refuses_bad_cxi_in_one_line_exit_2_nothing_written(
+    tmp_path: Path, name, make, words, command
+) -> None:
+    from typer.testing import CliRunner
+
+    from ptychobench.cli import app
+
+    src = tmp_path / "bad.cxi"
+    make(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {
+        "inspect": ["inspect", str(src), "--png", str(out / "x.png")],
+        "convert": ["convert", str(src), str(out / "x.npz")],
+        "reconstruct": ["reconstruct", str(src), "--out", str(out / "r.npz"), "--epochs", "1"],
+    }[command]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {src}"), r.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    assert os.listdir(out) == []
+
+
+def test_probe_less_foreign_cxi_reconstructs_only_with_probe(tmp_path: Path) -> None:
+    """A CXI CDTools' to_cxi wrote (metres, no probe): inspect works; reconstruct asks for
+    --probe in one line and writes nothing; with --probe (our CXI) pty-chi runs on it."""
+    from typer.testing import CliRunner
+
+    from ptychobench.cli import app
+    from ptychobench.data.recon import read_reconstruction
+
+    ds = simulate(N=N, object="grf", object_size=96, dose=1e4, step_px=8)
+    probe_src = tmp_path / "ours.cxi"
+    pio.save(ds, probe_src)
+    # their file: CDTools loads ours and writes its own CXI (float32, no probe, no extras)
+    cdt = pytest.importorskip("cdtools")
+    theirs = tmp_path / "theirs.cxi"
+    cdt.datasets.Ptycho2DDataset.from_cxi(str(probe_src)).to_cxi(str(theirs))
+    run = CliRunner().invoke
+    r = run(app, ["inspect", str(theirs), "--json"])
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["has_probe"] is False and summary["n"] == ds.n
+    assert summary["object_pixel_nm"] == pytest.approx(117.409, abs=1e-3)
+    out = tmp_path / "r.npz"
+    r = run(app, ["reconstruct", str(theirs), "--out", str(out), "--epochs", "2"])
+    assert r.exit_code == 2 and "--probe FILE" in r.stderr and "theirs.cxi" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    r = run(
+        app,
+        ["reconstruct", str(theirs), "--out", str(out), "--epochs", "2", "--probe", str(probe_src)],
+    )
+    assert r.exit_code == 0, r.stderr
+    rec = read_reconstruction(out)
+    loaded = pio.load(theirs)
+    assert rec.reconstructed_object.shape == loaded.frame_shape
+    assert np.isfinite(rec.reconstructed_object).all()
+    # the positions CDTools-style metres give back are ours up to a whole-pixel shift
+    shift = loaded.xcoords - ds.xcoords
+    assert np.ptp(shift) < 1e-5 and abs(shift[0] - round(shift[0])) < 1e-5  # CDTools: float32
