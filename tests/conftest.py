@@ -38,3 +38,20 @@ def make_dataset(n=12, N=8, H=40, W=48, seed=0, metadata=None):
         metadata=meta if metadata is None else metadata,
         groups=np.arange(n, dtype=np.int64)[:, None],
     )
+
+
+ARRAY_KEYS = ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", "Y", "groups")
+
+
+def assert_same(a, b) -> None:
+    """Two datasets hold bit-identical arrays (dtype, shape, bytes) and equal metadata."""
+    for key in ARRAY_KEYS:
+        x, y = getattr(a, key), getattr(b, key)
+        if x is None:
+            assert y is None, key
+            continue
+        assert x.dtype == y.dtype, key
+        assert x.shape == y.shape, key
+        # bitwise, not just numerically equal
+        assert x.tobytes() == y.tobytes(), key
+    assert a.metadata == b.metadata

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import assert_same, make_dataset
 
 from ptychobench.data import cxi
 from ptychobench.data import io as pio
@@ -23,7 +23,6 @@ from ptychobench.simulate import simulate
 
 N = 32
 DELTA = 0.5  # our patch centre N//2 minus the probe array's centre (N-1)/2, for even N
-ARRAY_KEYS = ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", "Y", "groups")
 TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
 DATA = "/entry_1/instrument_1/detector_1/data"
 
@@ -360,17 +359,6 @@ def test_ptychodus_places_subpixel_positions(tmp_path: Path, sim_jitter: PtychoD
 # ------------------------------------------------------------------------------ round trips
 
 
-def _assert_same(a: PtychoDataset, b: PtychoDataset) -> None:
-    for key in ARRAY_KEYS:
-        x, y = getattr(a, key), getattr(b, key)
-        if x is None:
-            assert y is None, key
-            continue
-        assert x.dtype == y.dtype and x.shape == y.shape, key
-        assert x.tobytes() == y.tobytes(), key
-    assert a.metadata == b.metadata
-
-
 @pytest.mark.parametrize("noise", ["poisson", "none"])
 def test_npz_cxi_npz_is_bit_exact(tmp_path: Path, noise: str) -> None:
     ds = simulate(
@@ -380,7 +368,7 @@ def test_npz_cxi_npz_is_bit_exact(tmp_path: Path, noise: str) -> None:
     pio.save(ds, tmp_path / "a.npz")
     pio.save(pio.load(tmp_path / "a.npz"), tmp_path / "b.cxi")
     back = pio.load(tmp_path / "b.cxi")
-    _assert_same(ds, back)
+    assert_same(ds, back)
     pio.save(back, tmp_path / "c.npz")
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "c.npz").read_bytes()
     with h5py.File(tmp_path / "b.cxi", "r") as f:
@@ -411,7 +399,7 @@ def test_geometry_less_dataset_keeps_pixels_in_extras_only(
             assert absent not in f  # no made-up metres, no pixel-unit translations
         assert f["/entry_1/data_1/data"].shape == (6, 8, 8)
         assert np.array_equal(f["/entry_1/ptychobench/xcoords"][()], ds.xcoords)
-    _assert_same(ds, pio.load(tmp_path / "g.cxi"))
+    assert_same(ds, pio.load(tmp_path / "g.cxi"))
 
 
 def test_probe_less_dataset_round_trips_without_illumination(
@@ -426,7 +414,7 @@ def test_probe_less_dataset_round_trips_without_illumination(
         assert "/entry_1/image_2/data" in f  # the truth object is not taken for a probe
     back = pio.load(tmp_path / "p.cxi")
     assert back.probeGuess is None
-    _assert_same(ds, back)
+    assert_same(ds, back)
 
 
 # ---------------------------------------------------------------------------- foreign files
@@ -528,7 +516,7 @@ def test_old_layout_still_reads(tmp_path: Path, sim: PtychoDataset) -> None:
             data=pio.metadata_json(sim.metadata),
             dtype=h5py.string_dtype("utf-8"),
         )
-    _assert_same(sim, pio.load(path))
+    assert_same(sim, pio.load(path))
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -12,12 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_dataset
+from conftest import assert_same, make_dataset
 
 from ptychobench.data import io as pio
 from ptychobench.data.dataset import SCHEMA_VERSION, DatasetError, PtychoDataset
-
-ARRAY_KEYS = ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", "Y", "groups")
 
 
 def make_ds(n: int = 10, N: int = 8, H: int = 32, W: int = 36, seed: int = 0) -> PtychoDataset:
@@ -29,20 +27,6 @@ def make_ds(n: int = 10, N: int = 8, H: int = 32, W: int = 36, seed: int = 0) ->
         "transformations": [{"op": "simulate"}],
     }
     return make_dataset(n, N, H, W, seed, metadata=meta)
-
-
-def assert_same(a: PtychoDataset, b: PtychoDataset) -> None:
-    for key in ARRAY_KEYS:
-        x, y = getattr(a, key), getattr(b, key)
-        if x is None:
-            assert y is None, key
-            continue
-        assert x.dtype == y.dtype, key
-        assert x.shape == y.shape, key
-        assert np.array_equal(x, y), key
-        # bitwise, not just numerically equal
-        assert x.tobytes() == y.tobytes(), key
-    assert a.metadata == b.metadata
 
 
 def listdir(path: Path) -> list[str]:

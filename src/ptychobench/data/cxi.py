@@ -118,8 +118,7 @@ from ptychobench.data.dataset import (
     PtychoDataset,
     metadata_json,
     parse_metadata,
-    photon_scale,
-    valid_scale,
+    photon_probe,
     validate,
 )
 from ptychobench.data.io import _canonical, _check_exists, atomic_path
@@ -134,7 +133,6 @@ from ptychobench.physics.geometry import (
 __all__ = [
     "CXI_VERSION",
     "coords_from_translation",
-    "photon_probe",
     "read_cxi",
     "translation_from_coords",
     "write_cxi",
@@ -225,28 +223,6 @@ def coords_from_translation(
     x = -(t @ u1) / geometry.object_pixel_x_m + d
     y = -(t @ u0) / geometry.object_pixel_y_m + d
     return x, y
-
-
-def photon_probe(ds: PtychoDataset) -> tuple[np.ndarray, float, str]:
-    """The probe on the photon scale, ``s · probeGuess`` (complex64), with ``s`` and its source.
-
-    ``s`` is :func:`~ptychobench.data.dataset.photon_scale`: ``metadata["scale"]`` when valid,
-    else ``sqrt(mean photons / Σ|P|²)`` (``Σ|s P|²`` = mean photons through a unit object).
-    """
-    if ds.probeGuess is None:
-        raise DatasetError(
-            "dataset: key 'probeGuess': expected an (N, N) complex probe, found None"
-        )
-    try:
-        s = photon_scale(ds)
-    except DatasetError:  # no photons to scale to (an all-zero scan): keep the probe as is
-        s = 1.0
-    how = (
-        "metadata.scale"
-        if valid_scale(ds.metadata.get("scale")) is not None
-        else "sqrt(mean photons / sum |P|^2)"
-    )
-    return (np.asarray(ds.probeGuess, np.complex128) * s).astype(np.complex64), s, how
 
 
 # --------------------------------------------------------------------------------------------

@@ -476,6 +476,28 @@ def photon_scale(ds: PtychoDataset) -> float:
     return math.sqrt(photons / energy)
 
 
+def photon_probe(ds: PtychoDataset) -> tuple[np.ndarray, float, str]:
+    """The probe on the photon scale, ``s · probeGuess`` (complex64), with ``s`` and its source.
+
+    ``s`` is :func:`photon_scale`: ``metadata["scale"]`` when valid,
+    else ``sqrt(mean photons / Σ|P|²)`` (``Σ|s P|²`` = mean photons through a unit object).
+    """
+    if ds.probeGuess is None:
+        raise DatasetError(
+            "dataset: key 'probeGuess': expected an (N, N) complex probe, found None"
+        )
+    try:
+        s = photon_scale(ds)
+    except DatasetError:  # no photons to scale to (an all-zero scan): keep the probe as is
+        s = 1.0
+    how = (
+        "metadata.scale"
+        if valid_scale(ds.metadata.get("scale")) is not None
+        else "sqrt(mean photons / sum |P|^2)"
+    )
+    return (np.asarray(ds.probeGuess, np.complex128) * s).astype(np.complex64), s, how
+
+
 def photons_per_pattern(diffraction: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """(n,) float64 total photons Σ amplitude² of each pattern, computed in chunks.
 

@@ -87,6 +87,7 @@ import numpy as np
 from ptychobench.data.dataset import (
     DatasetError,
     PtychoDataset,
+    photon_probe,
     photon_scale,
     valid_scale,
 )
@@ -693,17 +694,6 @@ def _pixel_size(ds: PtychoDataset, what: str) -> tuple[float, float, Any]:
     return geo.object_pixel_x_m, geo.object_pixel_y_m, geo
 
 
-def _photon_probe(ds: PtychoDataset) -> np.ndarray:
-    """``s · probeGuess`` (Σ|P|² = photons per pattern through a unit-transmission object)."""
-    if ds.probeGuess is None:
-        raise DatasetError(
-            "dataset: key 'probeGuess': expected an (N, N) complex probe (a product needs one), "
-            "found None"
-        )
-    probe = np.asarray(ds.probeGuess, dtype=np.complex128)
-    return (probe * photon_scale(ds)).astype(np.complex64)
-
-
 def dataset_to_product(
     ds: PtychoDataset,
     object: np.ndarray | None = None,
@@ -741,7 +731,12 @@ def dataset_to_product(
     """
     dx, dy, geo = _pixel_size(ds, "express positions")
     if probe is None:
-        probe = _photon_probe(ds)
+        if ds.probeGuess is None:
+            raise DatasetError(
+                "dataset: key 'probeGuess': expected an (N, N) complex probe (a product needs "
+                "one), found None"
+            )
+        probe = photon_probe(ds)[0]
     probe = np.asarray(probe).astype(np.complex64)
     if object is None:
         object = ds.objectGuess
