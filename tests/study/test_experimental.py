@@ -168,3 +168,22 @@ def test_designs_a_scan_cannot_serve_are_refused(files, change, needle):
         text = change + "\n" + text if change.startswith("doses") else text + "\n" + change
     with pytest.raises(DesignError, match=re.escape(needle)):
         check_design(design_from_dict(tomllib.loads(text), source="measured"))
+
+
+def test_probe_less_scan_needs_data_probe_and_takes_it(files, tmp_path):
+    """A scan file without a probe (a CXI from another tool) is refused in one line naming
+    data.probe; with data.probe (any probe file, relative to the design) the design loads."""
+    with np.load(files / "measured.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    probe = arrays.pop("probeGuess")
+    np.savez(tmp_path / "noprobe.npz", **arrays)
+    np.savez(tmp_path / "probe.npz", probeGuess=probe)
+    text = DESIGN.format(file="noprobe.npz")
+    with pytest.raises(DesignError, match=r"data\.probe") as err:
+        design_from_dict(tomllib.loads(text), source="measured", base_dir=tmp_path)
+    assert "\n" not in str(err.value) and "noprobe.npz" in str(err.value)
+    with_probe = text.replace('file = "noprobe.npz"', 'file = "noprobe.npz"\nprobe = "probe.npz"')
+    doc = tomllib.loads(with_probe)
+    design = design_from_dict(doc, source="measured", base_dir=tmp_path)
+    assert design.data.probe == str(tmp_path / "probe.npz")
+    np.testing.assert_array_equal(design.data.load().probeGuess, probe)
