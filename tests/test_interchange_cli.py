@@ -98,3 +98,25 @@ def test_reconstruction_to_product_needs_the_data(data, tmp_path):
     r = invoke("convert", rec, tmp_path / "r.h5", "--data", data)
     assert r.exit_code == 0, r.stderr
     assert read_product(tmp_path / "r.h5").n == load(data).n
+
+
+def test_probe_less_data_split_and_view_but_say_overlap_needs_the_probe(data, tmp_path):
+    ds = load(data)
+    np.savez(
+        tmp_path / "noprobe.npz",
+        diffraction=ds.diffraction,
+        xcoords=ds.xcoords,
+        ycoords=ds.ycoords,
+    )
+    r = invoke("split", tmp_path / "noprobe.npz", "--out-dir", tmp_path / "s")
+    assert r.exit_code == 0, r.stderr
+    test = tmp_path / "s" / "noprobe_test.npz"
+    r = invoke("view", test, "--out", tmp_path / "v.npz", "--gridsize", "2")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((tmp_path / "v.npz.overlap.json").read_text())
+    assert "no probe" in report["overlap"] and report["n_positions"] == load(test).n
+    assert load(tmp_path / "v.npz").probeGuess is None
+    # convert carries the missing probe through CXI and back
+    assert invoke("convert", tmp_path / "v.npz", tmp_path / "v.cxi").exit_code == 0
+    back = load(tmp_path / "v.cxi")
+    assert back.probeGuess is None and back.n == load(test).n
