@@ -665,7 +665,10 @@ def test_page_opens_with_the_verdict_and_collapses_the_long_sections(ok_run):
 
 
 def test_frc_cut_offs_are_given_in_nm_when_the_data_carry_a_geometry(tmp_path):
-    from ptychobench.study.report import _resolution_html, object_pixel_m
+    from ptychobench.study.report import _render_macro, _resolution_data, object_pixel_m
+
+    def _resolution_html(run_dir, agg, models):
+        return _render_macro("resolution", _resolution_data(run_dir, agg, models))
 
     agg = {
         "PtyChi": {"frc50": {"mean_phase": 0.25, "mean_amplitude": 0.5}},

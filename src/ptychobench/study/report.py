@@ -12,12 +12,14 @@ and writes ``RUN/analysis/headline_dose_response.png``, ``RUN/analysis/dose_resp
 ``RUN/analysis/report.html``.
 
 The page is rendered from the Jinja2 template ``ptychobench/study/templates/report.html.j2``
-(autoescaping on): it opens with the verdict (one sentence per view, the verdict grid
-``<table id="verdict">`` with a metric selector, the test-split dose response with 95 % bands
-over repeats); the design, overlap tables, per-condition tables, montages, timings and
-environment follow, collapsed in ``<details>``. It has no external resources (PNGs are embedded
-as ``data:`` URIs, CSS and a few lines of JS are inline) and nothing time-dependent, so
-regenerating it from the same inputs gives identical bytes.
+(autoescaping on), its sections by the macros of ``templates/_macros.html.j2``; this module only
+prepares their data (plain dicts and lists of formatted strings and numbers). It opens with the
+verdict (one sentence per view, the verdict grid ``<table id="verdict">`` with a metric
+selector, the test-split dose response with 95 % bands over repeats); the design, overlap
+tables, per-condition tables, montages, timings and environment follow, collapsed in
+``<details>``. It has no external resources (PNGs are embedded as ``data:`` URIs, CSS and a few
+lines of JS are inline) and nothing time-dependent, so regenerating it from the same inputs gives
+identical bytes.
 
 Verifier contract: every metric number taken from ``metrics_long.csv`` into the ``tables``
 section is a ``<td>`` carrying ``data-condition="dose_<D>/<view>/<split>"``, ``data-model``,
@@ -500,74 +502,64 @@ def cost_plot(run_dir: Path, rows: list[dict], conditions: list[dict], path: Pat
     return fig
 
 
-def _cost_html(run_dir: Path, rows: list[dict], conds: list[tuple], png: Path) -> str:
+def _cost_data(run_dir: Path, rows: list[dict], conds: list[tuple], png: Path) -> dict:
+    """The cost section (macro ``cost``): budget winners and seconds per arm, test split."""
     keys = [(d, v, _cond_key(d, v, s)) for d, v, s in conds if s == "test"]
     if not keys:
-        return "<p>No test-split conditions.</p>"
-    head = (
-        "<p>Quality per second on the test split. A marker per arm at its "
-        "<code>computation_time_s</code> = inference + refinement (training is amortised over "
-        "every dataset a network reconstructs, so it is listed, not added); lines: LSQML's "
-        "convergence from flat (PtyChi) and from the PINN's object (PtychoPINN+LSQML).</p>"
-        + _img(png, "quality vs seconds")
-    )
-    budget_body = []
+        return {"budget_rows": None}
+    budget_rows = []
     for dose, view, key in keys:
         pts = cost_points(rows, run_dir, key)
-        cells = [_td(int(float(dose))), _td_text(view)]
+        cells = [_cell(int(float(dose))), _text_cell(view)]
         for b in COST_BUDGETS:
             best = best_within(pts, b)
             if best is None:
-                cells.append('<td class="na">—</td>')
+                cells.append(_na_cell())
                 continue
             arm, sec, ph = best
-            cells.append(
-                f'<td class="text" data-condition="{_esc(key)}" data-budget="{b:g}" '
-                f'data-arm="{_esc(arm)}" data-value="{_esc(repr(float(ph)))}">'
-                f"{_esc(arm)}: {_esc(_fmt(ph, 3))} ({_esc(_fmt(sec, 3))} s)</td>"
-            )
-        budget_body.append("<tr>" + "".join(cells) + "</tr>")
-    out = [head, "<h3>Best arm within a time budget (phase SSIM)</h3>"]
-    out.append(_table(["dose", "view"] + [f"within {b:g} s" for b in COST_BUDGETS], budget_body))
+            attrs = [
+                ("data-condition", key),
+                ("data-budget", f"{b:g}"),
+                ("data-arm", arm),
+                ("data-value", repr(float(ph))),
+            ]
+            text = f"{arm}: {_fmt(ph, 3)} ({_fmt(sec, 3)} s)"
+            cells.append(_cell_dict(text, "text", attrs))
+        budget_rows.append(cells)
     index = {
         (_cond_key(r["dose"], r["view"], r["split"]), r["model"], r["metric"]): r for r in rows
     }
-    cost_body = []
+    cost_rows = []
     for dose, view, key in keys:
         arms = _ordered_arms({m for k, m, _ in index if k == key})
         for arm in arms:
-            cells = [_td(int(float(dose))), _td_text(view), _td_text(arm)]
+            cells = [_cell(int(float(dose))), _text_cell(view), _text_cell(arm)]
             r = index.get((key, arm, "ssim"))
-            cells.append(_td(r.get("phase") if r else None))  # its data cell is in the tables
+            cells.append(_cell(r.get("phase") if r else None))  # its data cell is in the tables
             for metric, part in tuple((m, "value") for m in COST_METRICS):
                 r = index.get((key, arm, metric))
                 v = r.get(part) if r else None
                 if isinstance(v, float):
-                    cells.append(
-                        f'<td data-condition="{_esc(key)}" data-model="{_esc(arm)}" '
-                        f'data-metric="{_esc(metric)}" data-part="{_esc(part)}" '
-                        f'data-value="{_esc(repr(float(v)))}">{_esc(_fmt(v))}</td>'
-                    )
+                    cells.append(_value_cell(v, "", key, arm, metric, part))
                 else:
-                    cells.append('<td class="na">—</td>')
-            cost_body.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("<h3>Cost per arm (seconds)</h3>")
-    out.append(
-        _table(
-            [
-                "dose",
-                "view",
-                "arm",
-                "phase SSIM",
-                "computation",
-                "train (amortised)",
-                "infer",
-                "refine",
-            ],
-            cost_body,
-        )
-    )
-    return "\n".join(out)
+                    cells.append(_na_cell())
+            cost_rows.append(cells)
+    return {
+        "figure": _figure(png, "quality vs seconds"),
+        "budget_header": ["dose", "view"] + [f"within {b:g} s" for b in COST_BUDGETS],
+        "budget_rows": budget_rows,
+        "cost_header": [
+            "dose",
+            "view",
+            "arm",
+            "phase SSIM",
+            "computation",
+            "train (amortised)",
+            "infer",
+            "refine",
+        ],
+        "cost_rows": cost_rows,
+    }
 
 
 def _load_recon(npz_path: Path) -> tuple[dict[str, np.ndarray], str | None]:
@@ -695,35 +687,49 @@ def montage(
 
 
 # --------------------------------------------------------------------------------------------
-# HTML
+# data for the page's sections (rendered by the macros in templates/_macros.html.j2)
 # --------------------------------------------------------------------------------------------
 
-def _table(header: Sequence[str], body: Sequence[str], cls: str = "") -> str:
-    """``<table>`` with escaped header texts and pre-rendered ``<tr>`` body rows."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    c = f' class="{_esc(cls)}"' if cls else ""
-    return (
-        f"<table{c}><thead><tr>{head}</tr></thead><tbody>\n"
-        + "\n".join(body)
-        + ("\n</tbody></table>")
-    )
+
+def _cell_dict(
+    text: Any, cls: str = "", attrs: Sequence[tuple[str, Any]] = (), tag: str = "td"
+) -> dict[str, Any]:
+    """One table cell for the ``cell`` macro: its tag, class, ordered attributes and text."""
+    return {"tag": tag, "cls": cls, "attrs": list(attrs), "text": text}
 
 
-def _td(x: Any, cls: str = "") -> str:
-    c = f' class="{_esc(cls)}"' if cls else ""
-    return f"<td{c}>{_esc(_fmt(x))}</td>"
+def _cell(x: Any, cls: str = "") -> dict[str, Any]:
+    """A number cell: the short display text of ``x`` (see :func:`_fmt`)."""
+    return _cell_dict(_fmt(x), cls)
 
 
-def _td_text(x: Any) -> str:
-    return f'<td class="text">{_esc(x)}</td>'
+def _text_cell(x: Any) -> dict[str, Any]:
+    return _cell_dict(x, "text")
 
 
-def _img(png: Path, alt: str) -> str:
+def _na_cell(text: str = "—", attrs: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    return _cell_dict(text, "na", attrs)
+
+
+def _value_cell(v: float, cls: str, key: str, model: str, metric: str, part: str) -> dict:
+    """A metric cell in the verifier's format (``data-value`` = ``repr(float)``)."""
+    attrs = [
+        ("data-condition", key),
+        ("data-model", model),
+        ("data-metric", metric),
+        ("data-part", part),
+        ("data-value", repr(float(v))),
+    ]
+    return _cell_dict(_fmt(v), cls, attrs)
+
+
+def _figure(png: Path, alt: str) -> dict[str, Any]:
+    """An embedded PNG for the ``figure`` macro (``data`` None: the file is missing)."""
     try:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        data: str | None = base64.b64encode(png.read_bytes()).decode("ascii")
     except OSError:
-        return f"<p>Missing figure: {_esc(png.name)}</p>"
-    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+        data = None
+    return {"data": data, "name": png.name, "alt": alt}
 
 
 def _design_key(run_dir: Path, key: str) -> str | None:
@@ -743,14 +749,11 @@ def _study_name(run_dir: Path) -> str | None:
     return _design_key(run_dir, "name")
 
 
-def _design_html(run_dir: Path) -> str:
-    text = _read_text(run_dir / "study.toml")
-    if text is None:
-        return "<p>study.toml is missing.</p>"
-    return f"<pre>{_esc(text)}</pre>"
+def _design_data(run_dir: Path) -> dict:
+    return {"text": _read_text(run_dir / "study.toml")}
 
 
-def _overlap_html(run_dir: Path, conds: list[tuple]) -> str:
+def _overlap_data(run_dir: Path, conds: list[tuple]) -> dict:
     header = [
         "dose",
         "view",
@@ -764,44 +767,33 @@ def _overlap_html(run_dir: Path, conds: list[tuple]) -> str:
         "metric_2_neighbors",
         "metric_3_centres",
     ]
-    body = []
+    rows = []
     for dose, view, split in conds:
         rep = _read_json(run_dir / "data" / _dose_label(dose) / view / f"overlap_{split}.json")
-        cells = [_td(int(float(dose))), _td_text(view), _td_text(split)]
+        cells = [_cell(int(float(dose))), _text_cell(view), _text_cell(split)]
         if not isinstance(rep, dict):
-            cells.append(f'<td class="na" colspan="{len(header) - 3}">overlap report missing</td>')
+            colspan = ("colspan", len(header) - 3)
+            cells.append(_na_cell("overlap report missing", [colspan]))
         else:
             for k in header[3:]:
                 v = rep.get(k)
                 if k == "metric_1_group" and v is None:
-                    cells.append('<td class="na">n/a (gridsize 1)</td>')
+                    cells.append(_na_cell("n/a (gridsize 1)"))
                 else:
-                    cells.append(_td(v))
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    note = (
-        "<p>Metric 1: overlap within a group; Metric 2: overlap with the K nearest scan "
-        "neighbours; Metric 3: overlap between group centres (all relative to the probe "
-        "diameter D).</p>"
-    )
-    return note + _table(header, body)
+                    cells.append(_cell(v))
+        rows.append(cells)
+    return {"header": header, "rows": rows}
 
 
-def _summary_html(run_dir: Path, summary: Any) -> str:
-    out = []
+def _summary_data(run_dir: Path, summary: Any) -> dict:
     hl = _read_text(run_dir / "analysis" / "highlights.txt")
-    if hl is None:
-        out.append("<p>highlights.txt is missing.</p>")
-    else:
-        lines = [ln for ln in hl.splitlines() if ln.strip()]
-        out.append("<ul>" + "".join(f"<li>{_esc(ln)}</li>" for ln in lines) + "</ul>")
+    out: dict[str, Any] = {
+        "highlights": None if hl is None else [ln for ln in hl.splitlines() if ln.strip()],
+        "header": None,
+        "paired": _paired_data(_read_json(run_dir / "analysis" / "deltas.json")),
+    }
     agg = summary.get("aggregate_metrics") if isinstance(summary, dict) else None
     if isinstance(agg, dict) and agg:
-        split = summary.get("aggregate_split", "test")
-        out.append(
-            f"<h3>Mean over all doses and views (split: {_esc(split)})</h3>"
-            "<p>Mean of each metric across conditions; bold marks the best arm (Flat "
-            "excluded).</p>"
-        )
         header = ["model"] + [f"{m} {p}" for m in SUMMARY_METRICS for p in ("phase", "amplitude")]
         header.append("n")
         models = _ordered_arms(agg)
@@ -816,10 +808,10 @@ def _summary_html(run_dir: Path, summary: Any) -> str:
                 vals = [v for v in vals if isinstance(v, int | float) and math.isfinite(v)]
                 if vals:
                     best[(m, p)] = max(vals) if HIGHER_IS_BETTER[m] else min(vals)
-        body = []
+        rows = []
         for a in models:
             entry = agg[a] if isinstance(agg[a], dict) else {}
-            cells = [_td_text(a)]
+            cells = [_text_cell(a)]
             ns = set()
             for m in SUMMARY_METRICS:
                 st = entry.get(m) if isinstance(entry.get(m), dict) else {}
@@ -828,16 +820,16 @@ def _summary_html(run_dir: Path, summary: Any) -> str:
                 for p in ("phase", "amplitude"):
                     v = st.get(f"mean_{p}")
                     cls = "best" if a in METHOD_ARMS and best.get((m, p)) == v else ""
-                    cells.append(_td(v, cls))
-            cells.append(_td(", ".join(str(n) for n in sorted(ns, key=str)) or None))
-            body.append("<tr>" + "".join(cells) + "</tr>")
-        out.append(_table(header, body))
-        out.append(_resolution_html(run_dir, agg, models))
-    else:
-        out.append("<p>metrics_summary.json has no aggregate metrics.</p>")
-    out.append("<h3>Paired differences</h3>")
-    out.append(_paired_html(_read_json(run_dir / "analysis" / "deltas.json")))
-    return "\n".join(out)
+                    cells.append(_cell(v, cls))
+            cells.append(_cell(", ".join(str(n) for n in sorted(ns, key=str)) or None))
+            rows.append(cells)
+        out.update(
+            split=summary.get("aggregate_split", "test"),
+            header=header,
+            rows=rows,
+            resolution=_resolution_data(run_dir, agg, models),
+        )
+    return out
 
 
 def object_pixel_m(run_dir: Path) -> float | None:
@@ -851,22 +843,22 @@ def object_pixel_m(run_dir: Path) -> float | None:
     return None
 
 
-def _resolution_html(run_dir: Path, agg: dict, models: list[str]) -> str:
+def _resolution_data(run_dir: Path, agg: dict, models: list[str]) -> dict:
     """FRC50 cut-offs as resolved periods in nm (pixel / f), when the data carry a geometry."""
     from ptychobench.evaluate.compare import frc_period_m
 
     pixel = object_pixel_m(run_dir)
     if pixel is None:
-        return "<p>FRC cut-offs are in cycles/px only: the data carry no X-ray geometry.</p>"
-    body = []
+        return {"pixel_nm": None}
+    rows = []
     for a in models:
         st = agg[a].get("frc50", {}) if isinstance(agg[a], dict) else {}
-        cells = [_td_text(a)]
+        cells = [_text_cell(a)]
         for p in ("phase", "amplitude"):
             f = st.get(f"mean_{p}")
             period = frc_period_m(f if isinstance(f, int | float) else None, pixel)
-            cells += [_td(f), _td(None if period is None else round(period * 1e9, 1))]
-        body.append("<tr>" + "".join(cells) + "</tr>")
+            cells += [_cell(f), _cell(None if period is None else round(period * 1e9, 1))]
+        rows.append(cells)
     header = [
         "model",
         "phase FRC50 (cycles/px)",
@@ -874,14 +866,15 @@ def _resolution_html(run_dir: Path, agg: dict, models: list[str]) -> str:
         "amplitude FRC50 (cycles/px)",
         "amplitude period (nm)",
     ]
-    return (
-        f'<h3 id="resolution">FRC cut-offs in nm (object pixel {pixel * 1e9:.1f} nm)</h3>'
-        "<p>The resolved full period is pixel / f for a cut-off f in cycles/px (Nyquist, "
-        f"0.5 cycles/px, is {2 * pixel * 1e9:.1f} nm).</p>" + _table(header, body)
-    )
+    return {
+        "pixel_nm": f"{pixel * 1e9:.1f}",
+        "nyquist_nm": f"{2 * pixel * 1e9:.1f}",
+        "header": header,
+        "rows": rows,
+    }
 
 
-def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
+def _tables_data(rows: list[dict], conds: list[tuple]) -> dict:
     # (condition key, model, metric) -> row; the first row wins if the CSV repeats one.
     index: dict[tuple[str, str, str], dict] = {}
     errors: dict[tuple[str, str], str] = {}
@@ -892,16 +885,8 @@ def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
         index.setdefault((k, r["model"], r["metric"]), r)
     arms = _ordered_arms({r["model"] for r in rows if r["model"]})
     if not arms or not conds:
-        return "<p>No metrics (metrics_long.csv is missing or empty).</p>"
-    out = [
-        "<p>One table per metric; rows are conditions, columns arms. Bold: best of "
-        "PtychoPINN / Baseline / PtyChi in that row (higher is better for ssim, ms_ssim, frc50 "
-        "and the half-scan FRCs; lower for mae, nrmse and heldout_nll_rel). Flat is the "
-        "constant-image floor. Reference-free scores (test split; no ground truth used): "
-        "heldout_nll_rel, the Poisson NLL of withheld patterns predicted through the known probe "
-        "relative to predicting them by their own mean pattern; halfscan_frc_*, the FRC cut-off "
-        "(cycles/px) between reconstructions of two interleaved halves of the test scan.</p>"
-    ]
+        return {"tables": []}
+    tables = []
     for metric in TABLE_METRICS:
         parts = ("value",) if metric in SCALAR_TABLE_METRICS else ("phase", "amplitude")
         header = ["dose", "view", "split"] + [
@@ -920,31 +905,26 @@ def _tables_html(rows: list[dict], conds: list[tuple]) -> str:
                         vals.append(v)
                 if vals:
                     best[p] = max(vals) if HIGHER_IS_BETTER[metric] else min(vals)
-            cells = [_td(int(float(dose))), _td_text(view), _td_text(split)]
+            cells = [_cell(int(float(dose))), _text_cell(view), _text_cell(split)]
             for a in arms:
                 r = index.get((k, a, metric))
                 for p in parts:
                     v = r.get(p) if r else None
                     if isinstance(v, float):
-                        cls = ' class="best"' if a in METHOD_ARMS and best.get(p) == v else ""
-                        cells.append(
-                            f'<td{cls} data-condition="{_esc(k)}" data-model="{_esc(a)}" '
-                            f'data-metric="{_esc(metric)}" data-part="{_esc(p)}" '
-                            f'data-value="{_esc(repr(float(v)))}">{_esc(_fmt(v))}</td>'
-                        )
+                        cls = "best" if a in METHOD_ARMS and best.get(p) == v else ""
+                        cells.append(_value_cell(v, cls, k, a, metric, p))
                     elif (k, a) in errors:
-                        cells.append(f'<td class="fail" title="{_esc(errors[(k, a)])}">failed</td>')
+                        cells.append(_cell_dict("failed", "fail", [("title", errors[(k, a)])]))
                     else:
-                        cells.append('<td class="na">—</td>')
-            body.append("<tr>" + "".join(cells) + "</tr>")
-        out.append(f'<h3 id="table-{_esc(metric)}">{_esc(metric)}</h3>')
-        out.append(_table(header, body))
-    return "\n".join(out)
+                        cells.append(_na_cell())
+            body.append(cells)
+        tables.append({"metric": metric, "header": header, "rows": body})
+    return {"tables": tables}
 
 
-def _timings_html(jobs: dict[str, dict]) -> str:
+def _timings_data(jobs: dict[str, dict]) -> dict:
     if not jobs:
-        return "<p>No jobs in the manifest.</p>"
+        return {"rows": []}
     kinds: dict[str, dict[str, Any]] = {}
     for job in jobs.values():
         kind = str(job.get("kind", "?"))
@@ -959,43 +939,31 @@ def _timings_html(jobs: dict[str, dict]) -> str:
         if isinstance(m, int | float) and math.isfinite(m):
             k["rss"] = float(m) if k["rss"] is None else max(k["rss"], float(m))
     header = ["job kind", "jobs", "succeeded", "total seconds", "max seconds", "max peak RSS (MB)"]
-    body = []
+    rows = []
     for kind, k in kinds.items():
-        body.append(
-            "<tr>"
-            + _td_text(kind)
-            + _td(k["n"])
-            + _td(k["ok"])
-            + _td(round(k["sec"], 2))
-            + _td(k["max_sec"])
-            + _td(k["rss"])
-            + "</tr>"
-        )
+        numbers = [k["n"], k["ok"], round(k["sec"], 2), k["max_sec"], k["rss"]]
+        rows.append([_text_cell(kind)] + [_cell(x) for x in numbers])
     maxes = [k["max_sec"] for k in kinds.values() if k["max_sec"] is not None]
     rss = [k["rss"] for k in kinds.values() if k["rss"] is not None]
-    body.append(
-        '<tr><th class="text">total</th>'
-        + _td(sum(k["n"] for k in kinds.values()))
-        + _td(sum(k["ok"] for k in kinds.values()))
-        + _td(round(sum(k["sec"] for k in kinds.values()), 2))
-        + _td(max(maxes) if maxes else None)
-        + _td(max(rss) if rss else None)
-        + "</tr>"
-    )
-    return (
-        "<p>Wall-clock seconds and peak resident memory per job, summed (seconds) or maximised "
-        "(memory) per kind; jobs that ran in parallel overlap in time.</p>" + _table(header, body)
-    )
+    totals = [
+        sum(k["n"] for k in kinds.values()),
+        sum(k["ok"] for k in kinds.values()),
+        round(sum(k["sec"] for k in kinds.values()), 2),
+        max(maxes) if maxes else None,
+        max(rss) if rss else None,
+    ]
+    rows.append([_cell_dict("total", "text", tag="th")] + [_cell(x) for x in totals])
+    return {"header": header, "rows": rows}
 
 
-def _environment_html(env: Any) -> str:
+def _environment_data(env: Any) -> dict:
     if not isinstance(env, dict) or not env:
-        return "<p>No environment recorded in the manifest.</p>"
-    body = []
+        return {"rows": []}
+    rows = []
     for k, v in env.items():
         text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-        body.append("<tr>" + _td_text(k) + _td_text(text) + "</tr>")
-    return _table(["key", "value"], body)
+        rows.append([_text_cell(k), _text_cell(text)])
+    return {"rows": rows}
 
 
 def _log_tail(run_dir: Path, log: Any) -> str | None:
@@ -1007,46 +975,34 @@ def _log_tail(run_dir: Path, log: Any) -> str | None:
     return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
 
 
-def _failures_html(
+def _failures_data(
     run_dir: Path, jobs: dict[str, dict], missing: list[str], rows: list[dict]
-) -> str:
-    out = []
-    bad = [(jid, j) for jid, j in jobs.items() if j.get("status") in ("failed", "blocked")]
-    if bad:
-        out.append("<h3>Failed or blocked jobs</h3>")
-        for jid, job in bad:
-            out.append(
-                f"<h4>{_esc(jid)} <small>({_esc(job.get('kind', '?'))}, "
-                f"{_esc(job.get('status'))})</small></h4>"
-            )
-            out.append(f"<p>Error: <code>{_esc(job.get('error') or '(no message)')}</code></p>")
-            tail = _log_tail(run_dir, job.get("log"))
-            if tail is not None:
-                out.append(
-                    f"<p>Last {LOG_TAIL_LINES} lines of <code>{_esc(job.get('log'))}</code>:</p>"
-                    f"<pre>{_esc(tail)}</pre>"
-                )
-            else:
-                out.append("<p>No log file.</p>")
-    if missing:
-        out.append("<h3>Missing comparisons</h3>")
-        out.append("<ul>" + "".join(f"<li><code>{_esc(m)}</code></li>" for m in missing) + "</ul>")
-    arm_errors = [r for r in rows if r["metric"] == "error"]
-    if arm_errors:
-        out.append("<h3>Arms that could not be scored</h3>")
-        body = [
-            "<tr>"
-            + _td_text(
+) -> dict:
+    bad = [
+        {
+            "id": jid,
+            "kind": job.get("kind", "?"),
+            "status": job.get("status"),
+            "error": job.get("error") or "(no message)",
+            "log": job.get("log"),
+            "tail": _log_tail(run_dir, job.get("log")),
+        }
+        for jid, job in jobs.items()
+        if job.get("status") in ("failed", "blocked")
+    ]
+    arm_errors = [
+        [
+            _text_cell(
                 _cond_key(r["dose"], r["view"], r["split"])
                 + (f" (repeat {r['repeat']})" if r.get("repeat") else "")
-            )
-            + _td_text(r["model"])
-            + _td_text(r["value"])
-            + "</tr>"
-            for r in arm_errors
+            ),
+            _text_cell(r["model"]),
+            _text_cell(r["value"]),
         ]
-        out.append(_table(["condition", "arm", "error"], body))
-    return "\n".join(out) if out else "<p>None</p>"
+        for r in rows
+        if r["metric"] == "error"
+    ]
+    return {"bad": bad, "missing": missing, "arm_errors": arm_errors, "tail_lines": LOG_TAIL_LINES}
 
 
 def _compare_status(
@@ -1078,28 +1034,20 @@ def _compare_status(
     return n, missing
 
 
-def _headline_html(summary: Any, jobs: dict[str, dict], n_cmp: int, missing: list[str]) -> str:
+def _headline_data(summary: Any, jobs: dict[str, dict], n_cmp: int, missing: list[str]) -> dict:
     if isinstance(summary, dict) and "n_jobs" in summary and "n_success" in summary:
         n_jobs, n_ok = summary["n_jobs"], summary["n_success"]
     else:
         # The report and verify jobs are still running when this page is written: not counted.
         counted = [j for j in jobs.values() if j.get("kind") not in ("report", "verify")]
         n_jobs, n_ok = len(counted), sum(j.get("status") == "success" for j in counted)
-    jobs_ok = n_ok == n_jobs
-    parts = [
-        f'<p>Jobs: <span class="{"ok" if jobs_ok else "bad"}">{_esc(n_ok)}/{_esc(n_jobs)} '
-        "succeeded</span>.</p>"
-    ]
-    if not missing and n_cmp:
-        parts.append(f'<p class="ok">All {n_cmp} comparisons succeeded.</p>')
-    elif n_cmp:
-        parts.append(
-            f'<p class="bad">{len(missing)} of {n_cmp} comparisons failed or are missing '
-            '(see <a href="#failures">Failures</a>).</p>'
-        )
-    else:
-        parts.append('<p class="bad">No comparisons in this study.</p>')
-    return '<div id="headline">' + "".join(parts) + "</div>"
+    return {
+        "n_ok": n_ok,
+        "n_jobs": n_jobs,
+        "jobs_ok": n_ok == n_jobs,
+        "n_cmp": n_cmp,
+        "n_missing": len(missing),
+    }
 
 
 def _dose_words(dose: float) -> str:
@@ -1259,38 +1207,34 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
     }
 
 
-def _paired_html(d: Any) -> str:
+def _paired_data(d: Any) -> dict:
     """The aggregate paired differences PtychoPINN − arm with their intervals (deltas.json)."""
     agg = (d or {}).get("paired", {}).get("aggregate") if isinstance(d, dict) else None
     if not agg:
-        return "<p>No paired differences (deltas.json is missing or has none).</p>"
+        return {"rows": []}
     cols = [("ssim", "phase"), ("ssim", "amplitude"), ("ms_ssim", "phase"), ("nrmse", "value")]
-    body = []
+    rows = []
     for key in sorted(agg, key=lambda k: _ordered_arms([k.removeprefix("vs_")])):
-        cells = [_td_text("PtychoPINN − " + key.removeprefix("vs_"))]
+        cells = [_text_cell("PtychoPINN − " + key.removeprefix("vs_"))]
         for metric, part in cols:
             st = agg[key].get(metric, {}).get(part)
             if not st or st.get("mean") is None:
-                cells.append('<td class="na">—</td>')
+                cells.append(_na_cell())
             elif st.get("ci95_low") is None:
-                cells.append(_td_text(f"{st['mean']:+.3f} (n={st['n_repeats']})"))
+                cells.append(_text_cell(f"{st['mean']:+.3f} (n={st['n_repeats']})"))
             else:
                 cells.append(
-                    _td_text(
+                    _text_cell(
                         f"{st['mean']:+.3f} [{st['ci95_low']:+.3f}, {st['ci95_high']:+.3f}]"
                     )
                 )
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (
-        "<p>Per repeat, PtychoPINN minus the arm, averaged over the test-split conditions; "
-        "mean over repeats and its 95 % Student-t interval in brackets (deltas.json holds "
-        "every condition and metric).</p>"
-        + _table(["difference"] + [f"{m} {p}" for m, p in cols], body)
-    )
+        rows.append(cells)
+    return {"header": ["difference"] + [f"{m} {p}" for m, p in cols], "rows": rows}
 
 
-def _template():
+def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
+    from markupsafe import Markup
 
     env = Environment(
         loader=PackageLoader("ptychobench.study", "templates"),
@@ -1298,7 +1242,18 @@ def _template():
         undefined=StrictUndefined,
         keep_trailing_newline=True,
     )
-    return env.get_template("report.html.j2")
+    # The sections' text is escaped exactly as html.escape(quote=True) does (``'`` → ``&#x27;``).
+    env.filters["esc"] = lambda x: Markup(_esc(x))
+    return env
+
+
+def _template():
+    return _environment().get_template("report.html.j2")
+
+
+def _render_macro(name: str, data: Any) -> str:
+    """One macro of ``templates/_macros.html.j2`` rendered alone (tests, debugging)."""
+    return str(getattr(_environment().get_template("_macros.html.j2").module, name)(data))
 
 
 def write_report(run_dir: Path) -> list[Path]:
@@ -1317,8 +1272,6 @@ def write_report(run_dir: Path) -> list[Path]:
         ``analysis/montage_dose_<D>.png`` per dose (ascending),
         ``analysis/quality_vs_seconds.png`` and ``analysis/report.html``, in that order.
     """
-    from markupsafe import Markup
-
     run_dir = Path(run_dir)
     analysis = run_dir / "analysis"
     analysis.mkdir(parents=True, exist_ok=True)
@@ -1363,44 +1316,43 @@ def write_report(run_dir: Path) -> list[Path]:
 
     n_cmp, missing = _compare_status(run_dir, jobs, conds)
     name = _study_name(run_dir) or run_dir.name
-    montage_html = (
-        "\n".join(
-            f"<h3>{_esc(_dose_label(d))}</h3>\n{_img(p, f'montage {_dose_label(d)}')}"
+    montages_data = {
+        "montages": [
+            {"label": _dose_label(d), "figure": _figure(p, f"montage {_dose_label(d)}")}
             for d, p in montages
-        )
-        or "<p>No conditions.</p>"
-    )
+        ]
+    }
     has_failures = bool(missing) or any(
         j.get("status") in ("failed", "blocked") for j in jobs.values()
     )
+    # (id = the name of the section's macro in _macros.html.j2, title, its data, open)
     sections = [
-        ("summary", "Summary over the test split", _summary_html(run_dir, summary), True),
-        ("cost", "Quality per second", _cost_html(run_dir, rows, conds, cost_png), True),
+        ("summary", "Summary over the test split", _summary_data(run_dir, summary), True),
+        ("cost", "Quality per second", _cost_data(run_dir, rows, conds, cost_png), True),
         (
             "plots",
             "Dose response, every metric and split",
-            "<p>Metric vs dose per arm (log dose axis); line: mean over repeats, band: 95 % "
-            "interval; dashed: Flat floor.</p>\n" + _img(dr, "dose response"),
+            {"figure": _figure(dr, "dose response")},
             False,
         ),
-        ("tables", "Metrics per condition (means over repeats)", _tables_html(rows, conds), False),
-        ("montages", "Reconstructions (repeat 0)", montage_html, False),
-        ("design", "Design (study.toml)", _design_html(run_dir), False),
-        ("overlap", "Overlap per view", _overlap_html(run_dir, conds), False),
-        ("timings", "Timings and memory", _timings_html(jobs), False),
-        ("environment", "Environment", _environment_html(manifest.get("environment")), False),
-        ("failures", "Failures", _failures_html(run_dir, jobs, missing, raw), has_failures),
+        ("tables", "Metrics per condition (means over repeats)", _tables_data(rows, conds), False),
+        ("montages", "Reconstructions (repeat 0)", montages_data, False),
+        ("design", "Design (study.toml)", _design_data(run_dir), False),
+        ("overlap", "Overlap per view", _overlap_data(run_dir, conds), False),
+        ("timings", "Timings and memory", _timings_data(jobs), False),
+        ("environment", "Environment", _environment_data(manifest.get("environment")), False),
+        ("failures", "Failures", _failures_data(run_dir, jobs, missing, raw), has_failures),
     ]
     view = verdict_view(verdicts(raw), n_repeats)
-    view["plot"] = Markup(_img(head_png, "test-split phase SSIM vs dose"))
+    view["plot"] = _figure(head_png, "test-split phase SSIM vs dose")
     page = _template().render(
         name=name,
         purpose=(_design_key(run_dir, "description") or "").strip(),
         verdict=view,
-        status=Markup(_headline_html(summary, jobs, n_cmp, missing)),
+        status=_headline_data(summary, jobs, n_cmp, missing),
         sections=[
-            {"id": sid, "title": title, "body": Markup(body), "open": is_open}
-            for sid, title, body, is_open in sections
+            {"id": sid, "title": title, "data": data, "open": is_open}
+            for sid, title, data, is_open in sections
         ],
     )
     out = analysis / "report.html"
