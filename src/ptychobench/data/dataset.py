@@ -81,6 +81,9 @@ class PtychoDataset:
         """
         if self.objectGuess is not None:
             return (int(self.objectGuess.shape[0]), int(self.objectGuess.shape[1]))
+        given = self.metadata.get("frame_shape")  # the study's truth-free copies keep it
+        if isinstance(given, list | tuple) and len(given) == 2:
+            return (int(given[0]), int(given[1]))
         N = self.N
         return (
             int(math.ceil(float(self.ycoords.max()) + N / 2)) + 1,

@@ -25,18 +25,26 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from ptychobench.iterative import IterativeConfig
+from ptychobench.arms import (
+    DEFAULT_ARMS,
+    DEFAULT_DELTAS,
+    REFERENCE_ARMS,
+    Arm,
+    ArmError,
+    legacy_tables,
+    resolve_all,
+)
 from ptychobench.physics.geometry import (
     DEFAULT_DETECTOR_DISTANCE_M,
     DEFAULT_DETECTOR_PIXEL_M,
     DEFAULT_ENERGY_EV,
 )
-from ptychobench.train import TrainConfig
 
 __all__ = [
     "DesignError",
@@ -173,58 +181,6 @@ class Seeds(_Strict):
     training: int = Field(0, description="network init, data order, validation split")
 
 
-class ArmTraining(_Strict):
-    """Training settings of one network arm (passed to :class:`ptychobench.train.TrainConfig`)."""
-
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    n_filters_scale: float = Field(0.5, gt=0.0, le=4.0)
-    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    early_stopping_patience: int = Field(10, ge=0)
-    min_epochs: int = Field(0, ge=0)
-    min_delta: float = Field(0.0, ge=0.0)
-    loss: Literal["poisson", "mae"] = "poisson"
-    merge_weighting: Literal["flat", "probe"] = Field(
-        "flat",
-        description="PINN gs2 merge weight: flat (decoder window) or probe (window · |P|²); "
-        "the baseline ignores it",
-    )
-
-
-class IterativeSpec(_Strict):
-    engine: Literal["lsqml", "epie", "dm"] = "lsqml"
-    epochs: int = Field(100, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    noise_model: Literal["gaussian", "poisson"] = "gaussian"
-
-
-ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
-"""Arms a design can list (``Flat``, the constant-object floor, is always scored)."""
-
-HYBRID_ARMS = ("PtychoPINN+LSQML", "PtychoPINN+TTR")
-
-
-class HybridSpec(_Strict):
-    """Settings of the hybrid arms (run on the test split only)."""
-
-    lsqml_epochs: int = Field(
-        50, ge=1, description="PtychoPINN+LSQML: LSQML epochs from the PINN's stitched object"
-    )
-    snapshot_every: int = Field(
-        10,
-        ge=1,
-        description="record the object every this many LSQML epochs, for PtyChi (from flat) "
-        "and PtychoPINN+LSQML alike: the quality-vs-seconds curves of the report",
-    )
-    ttr_epochs: int = Field(5, ge=1, description="PtychoPINN+TTR: passes over the test patterns")
-    ttr_lr: float = Field(1e-4, gt=0.0, description="PtychoPINN+TTR: Adam step of the weights")
-    ttr_batch_size: int = Field(32, ge=1)
-    ttr_max_seconds: float | None = Field(
-        None, gt=0.0, description="PtychoPINN+TTR: stop after this many seconds"
-    )
-
-
 class MetricsSpec(_Strict):
     crop_size_M: int | None = Field(None, ge=1, description="stitch crop (default N/4)")
     stitch_weighting: Literal["flat", "probe"] = Field(
@@ -243,6 +199,13 @@ class MetricsSpec(_Strict):
     ms_ssim_sigma: float = Field(1.0, ge=0.0)
     registration: Literal["all", "none"] = "all"
     phase_align: Literal["plane", "mean", "none"] = "plane"
+
+
+class DeltaSpec(_Strict):
+    """``deltas.json`` / ``highlights.txt``: ``subject`` minus each of ``against``."""
+
+    subject: str = DEFAULT_DELTAS[0]
+    against: list[str] = Field(default_factory=lambda: list(DEFAULT_DELTAS[1]))
 
 
 class StudyDesign(_Strict):
@@ -270,17 +233,22 @@ class StudyDesign(_Strict):
         description="experimental mode: a scan file instead of [simulation] (no dose sweep)",
     )
     seeds: Seeds = Field(default_factory=Seeds)
-    pinn: ArmTraining = Field(default_factory=ArmTraining)
-    baseline: ArmTraining = Field(default_factory=lambda: ArmTraining(loss="mae"))
-    iterative: IterativeSpec = Field(default_factory=IterativeSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
-    arms: list[str] = Field(
-        default_factory=lambda: ["PtychoPINN", "Baseline", "PtyChi"],
+    arms: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {a: {} for a in DEFAULT_ARMS},
         min_length=1,
-        description="arms the study runs and scores, from " + ", ".join(ARMS) + " (Flat, the "
-        "constant-object floor, is always scored); hybrids run on the test split",
+        description="the arms the study runs and scores: a list of names, or one [arms.<Name>] "
+        "table each (its settings; type = \"command\" or another arm's type to add one); "
+        "built-ins and plugins: ptychobench.arms.registry. The reference floor ("
+        + ", ".join(REFERENCE_ARMS) + ") is always scored where there is truth",
     )
-    hybrid: HybridSpec = Field(default_factory=HybridSpec)
+    snapshot_every: int = Field(
+        10,
+        ge=1,
+        description="record the object every this many epochs of every arm that can, when an "
+        "arm of the design starts from another: the report's quality-vs-seconds curves",
+    )
+    deltas: DeltaSpec = Field(default_factory=lambda: DeltaSpec())
     repeats: int = Field(
         1,
         ge=1,
@@ -318,18 +286,33 @@ class StudyDesign(_Strict):
                 )
         return v
 
-    @field_validator("arms")
+    @field_validator("arms", mode="before")
     @classmethod
-    def _arms(cls, v: list[str]) -> list[str]:
-        for i, arm in enumerate(v):
-            if arm not in ARMS:
-                raise ValueError(f"arms[{i}]: expected one of {', '.join(ARMS)}, found {arm!r}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"expected each arm once, found {v}")
-        hybrids = [a for a in v if a in HYBRID_ARMS]
-        if hybrids and "PtychoPINN" not in v:
-            raise ValueError(f"{hybrids[0]} starts from PtychoPINN: expected it in arms too")
+    def _arm_tables(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for i, arm in enumerate(v):
+                if not isinstance(arm, str):
+                    raise ValueError(f"arms[{i}]: expected an arm name, found {arm!r}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"expected each arm once, found {v}")
+            return {a: {} for a in v}
+        if isinstance(v, dict):
+            for name, t in v.items():
+                if not isinstance(t, dict):
+                    raise ValueError(f"arms.{name}: expected a table of settings, found {t!r}")
         return v
+
+    @model_validator(mode="after")
+    def _resolve_arms(self) -> StudyDesign:
+        try:
+            arms = resolve_all(self.arms)
+        except ArmError as exc:
+            raise ValueError(str(exc)) from None
+        for name in REFERENCE_ARMS:
+            if name not in arms:
+                arms[name] = resolve_all({name: {}})[name]
+        self._arms = arms
+        return self
 
     @model_validator(mode="after")
     def _data_or_simulation(self) -> StudyDesign:
@@ -341,6 +324,12 @@ class StudyDesign(_Strict):
             )
         return self
 
+    _arms: dict[str, Arm] = PrivateAttr(default_factory=dict)
+
+    def arm_objects(self) -> dict[str, Arm]:
+        """``{name: configured Arm}``: the design's arms in order, then the reference floor."""
+        return dict(self._arms)
+
     @property
     def experimental(self) -> bool:
         """Whether the study runs on a scan file (``[data]``) rather than a simulation."""
@@ -350,11 +339,12 @@ class StudyDesign(_Strict):
         """Whether the design runs ``arm``."""
         return arm in self.arms
 
-    def snapshot_epochs(self, epochs: int) -> tuple[int, ...]:
-        """LSQML epochs at which the convergence curve is sampled (empty without the hybrid)."""
-        if not self.has("PtychoPINN+LSQML"):
+    def snapshot_epochs(self, epochs: int | None) -> tuple[int, ...]:
+        """Epochs at which an arm's convergence curve is sampled: empty unless an arm of the
+        design starts from another (the curves compare a start with a flat start)."""
+        if epochs is None or not any(a.start for a in self._arms.values()):
             return ()
-        every = self.hybrid.snapshot_every
+        every = self.snapshot_every
         return tuple(sorted({*range(every, epochs + 1, every), epochs}))
 
     def seeds_for(self, repeat: int = 0) -> dict[str, int]:
@@ -375,33 +365,6 @@ class StudyDesign(_Strict):
     def repeat_records(self) -> list[dict[str, Any]]:
         """``[{"repeat": r, "seeds": seeds_for(r)}]`` for every repeat (recorded in the run)."""
         return [{"repeat": r, "seeds": self.seeds_for(r)} for r in range(self.repeats)]
-
-    def train_config(self, arm: Literal["pinn", "baseline"], repeat: int = 0) -> TrainConfig:
-        a = self.pinn if arm == "pinn" else self.baseline
-        return TrainConfig(
-            epochs=a.epochs,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            seed=self.seeds_for(repeat)["training"],
-            device=self.device,
-            val_fraction=a.val_fraction,
-            early_stopping_patience=a.early_stopping_patience,
-            min_epochs=a.min_epochs,
-            min_delta=a.min_delta,
-            num_threads=self.num_threads,
-        )
-
-    def iterative_config(self) -> IterativeConfig:
-        it = self.iterative
-        return IterativeConfig(
-            engine=it.engine,
-            epochs=it.epochs,
-            batch_size=it.batch_size,
-            noise_model=it.noise_model,
-            device=self.device,
-            seed=self.seeds.simulation,
-            progress=False,
-        )
 
     def simulation_config(self, dose: float, repeat: int = 0) -> Any:
         from ptychobench.simulate import SimulationConfig
@@ -448,7 +411,7 @@ def design_from_dict(
     doc: dict[str, Any], source: str = "design", base_dir: Path | None = None
 ) -> StudyDesign:
     """Validate a design document; errors name ``source`` and the dotted key path."""
-    doc = dict(doc)
+    doc = _with_arm_tables(dict(doc), source)
     if isinstance(doc.get("data"), dict):
         doc = _with_data_dose(doc, source, base_dir)
     if base_dir is not None and isinstance(doc.get("simulation"), dict):
@@ -473,6 +436,46 @@ def design_from_dict(
         if not err["loc"]:  # a rule across sections: the whole document is no "found"
             raise DesignError(f"{source}: {msg}{extra}") from None
         raise DesignError(f"{source}: {key}: {msg}; found {found!r}{extra}") from None
+
+
+LEGACY_SECTIONS = ("pinn", "baseline", "iterative", "hybrid")
+"""Older designs' per-arm sections, still read: their keys go to the built-ins' arm tables."""
+
+
+def _with_arm_tables(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """``doc`` with the older sections ([pinn], [baseline], [iterative], [hybrid]) moved into the
+    built-in arms' tables; a key set in both places is refused (one place per setting)."""
+    sections = {k: doc.pop(k) for k in LEGACY_SECTIONS if k in doc}
+    if not sections:
+        return doc
+    for k, v in sections.items():
+        if not isinstance(v, dict):
+            raise DesignError(f"{source}: {k}: expected a table, found {v!r}")
+    hybrid = dict(sections.get("hybrid") or {})
+    if "snapshot_every" in hybrid:
+        if "snapshot_every" in doc:
+            raise DesignError(f"{source}: hybrid.snapshot_every: also given as snapshot_every")
+        doc["snapshot_every"] = hybrid.pop("snapshot_every")
+        sections["hybrid"] = hybrid
+    arms = doc.get("arms")
+    names = list(DEFAULT_ARMS) if arms is None else arms
+    if isinstance(names, list):
+        tables: dict[str, Any] = {a: {} for a in names if isinstance(a, str)}
+        if len(tables) != len(names):
+            return doc  # the arms validator names the problem
+    elif isinstance(names, dict):
+        tables = {k: dict(v) if isinstance(v, dict) else v for k, v in names.items()}
+    else:
+        return doc
+    for arm, table in legacy_tables(sections).items():
+        if arm not in tables or not isinstance(tables[arm], dict):
+            continue  # a section for an arm the design does not run configures nothing
+        both = sorted(set(table) & set(tables[arm]))
+        if both:
+            raise DesignError(f"{source}: arms.{arm}.{both[0]}: also set in an older section")
+        tables[arm] = {**table, **tables[arm]}
+    doc["arms"] = tables
+    return doc
 
 
 def _with_data_dose(doc: dict[str, Any], source: str, base_dir: Path | None) -> dict[str, Any]:

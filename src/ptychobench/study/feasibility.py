@@ -147,11 +147,12 @@ def _measured(design: StudyDesign) -> tuple[np.ndarray, tuple[int, int], float]:
 
     assert design.data is not None
     ds = design.data.load()  # validated: it loaded for the design
-    if design.has("Baseline") and ds.Y is None:
-        raise DesignError(
-            f"arms: the Baseline trains on ground-truth patches (Y), which {design.data.file} "
-            "does not hold; remove Baseline (and keep the arms that need no truth)"
-        )
+    for name, arm in design.arm_objects().items():
+        if arm.needs.truth_patches and ds.Y is None:
+            raise DesignError(
+                f"arms.{name}: it trains on ground-truth patches (Y), which {design.data.file} "
+                f"does not hold; remove {name} (and keep the arms that need no truth)"
+            )
     if ds.n < 2:
         raise DesignError(f"data.file: {ds.n} position(s); a split needs at least 2")
     shape = ds.objectGuess.shape if ds.objectGuess is not None else ds.frame_shape

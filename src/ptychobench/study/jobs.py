@@ -1,7 +1,9 @@
 """The study as a DAG of jobs with content keys (SPEC §8.2).
 
-simulate(dose) → split(dose) → view(dose, view, split) → train_pinn / train_baseline(dose, view)
-→ iterative(dose, view, split) → compare(dose, view, split) → aggregate → report → verify.
+simulate(dose) → split(dose) → view(dose, view, split) → fit(arm, dose, view) on the train split
+→ recon(arm, dose, view, split) and halves(arm, dose, view) → compare(dose, view, split) →
+aggregate → report → verify. Every arm goes through the same three kinds (``fit``, ``recon``,
+``halves``) via :class:`ptychobench.arms.Arm`; no arm is named here.
 
 A job's **key** is the SHA-256 of its kind, its settings (the part of the design that determines
 its output), the package version and the output hashes of the jobs it reads. A job that finished
@@ -46,14 +48,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FINAL_KINDS = ("aggregate", "report", "verify")
-GPU_KINDS = (
-    "train_pinn", "train_baseline", "iterative", "hybrid_lsqml", "ttr", "halves", "compare"
-)
+GPU_KINDS = ("fit", "recon", "halves", "compare")
 SPLITS = ("train", "test")
 HELDOUT = "heldout.npz"
 """Per dose and repeat: the test positions withheld from every arm (reference-free NLL)."""
-HALVES = "halves.npz"
-"""Per test view: every arm's reconstructions of the two interleaved half-scans."""
 STAGING = ".staging"
 
 
@@ -79,6 +77,9 @@ class Job:
     view: str | None = None
     split: str | None = None
     repeat: int = 0
+    arm: str | None = None
+    #: Dependencies whose failure does not block this job (compare: the arms' own jobs).
+    soft: tuple[str, ...] = ()
 
     @property
     def final(self) -> bool:
@@ -99,6 +100,8 @@ class Job:
 
     def params(self) -> dict[str, Any]:
         p = {"dose": self.dose, "view": self.view, "split": self.split}
+        if self.arm is not None:
+            p["arm"] = self.arm
         # repeat 0 keeps the one-repeat record (and so its job keys) unchanged
         return {**p, "repeat": self.repeat} if self.repeat else p
 
@@ -107,9 +110,29 @@ def _data(dose: float, *rest: str, repeat: int = 0) -> str:
     return "/".join(("data", dose_dir(dose, repeat), *rest))
 
 
-def hybrid_dir(dose: float, view: str, split: str, kind: str, repeat: int = 0) -> str:
-    """Run-relative directory of a hybrid arm's outputs (``recon.npz``, ``snapshots.npz``)."""
-    return f"hybrid/{dose_dir(dose, repeat)}/{view}/{split}/{kind.removeprefix('hybrid_')}"
+def recon_file(arm, dd: str, view: str, split: str) -> str:
+    """Run-relative path of an arm's reconstruction of one view and split."""
+    return f"{arm.recon_dir(dd, view, split)}/recon.npz"
+
+
+def halves_file(arm, dd: str, view: str) -> str:
+    """Run-relative path of an arm's two half-scan reconstructions (test split)."""
+    return f"halves/{dd}/{view}/test/{arm.slug}.npz"
+
+
+def job_prefix(arm) -> str:
+    """Job-id prefix of an arm's reconstruction jobs (kept apart from the other kinds)."""
+    return arm._prefix or f"arm_{arm.slug}"
+
+
+def planned_arms(design: StudyDesign) -> dict[str, Any]:
+    """The arms this design runs: every listed arm and the references; an arm that needs the
+    true object only where there is one to give (never in experimental mode)."""
+    return {
+        n: a
+        for n, a in design.arm_objects().items()
+        if not (a.needs.truth_object and design.experimental and a.role != "floor")
+    }
 
 
 def plan(design: StudyDesign) -> list[Job]:
@@ -130,14 +153,23 @@ def plan(design: StudyDesign) -> list[Job]:
 
 
 def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
-    """The jobs of one dose and repeat, simulation to comparison."""
+    """The jobs of one dose and repeat, simulation to comparison.
+
+    Per view: a ``fit`` job per arm that fits (on the train split); per split a ``recon`` job
+    per arm (inline arms, the cheap floor, are reconstructed by compare itself); on the test
+    split a ``halves`` job per arm that runs on the half-scans; then ``compare``, which runs
+    even when an arm's jobs failed (they are *soft* dependencies: that arm's cells fail).
+    """
     dd = dose_dir(dose, repeat)
+    arms = planned_arms(design)
 
     def data(*rest: str) -> str:
         return _data(dose, *rest, repeat=repeat)
 
-    def job(jid: str, kind: str, deps, outputs, view=None, split=None) -> Job:
-        return Job(jid, kind, tuple(deps), tuple(outputs), dose, view, split, repeat)
+    def job(jid, kind, deps, outputs, view=None, split=None, arm=None, soft=()) -> Job:
+        return Job(
+            jid, kind, tuple(deps), tuple(outputs), dose, view, split, repeat, arm, tuple(soft)
+        )
 
     source = "load" if design.experimental else "simulate"  # [data]: the scan file itself
     sim = job(f"{source}.{dd}", source, (), (data("full.npz"),))
@@ -159,66 +191,67 @@ def _plan_dose(design: StudyDesign, dose: float, repeat: int) -> list[Job]:
             )
             view_ids[split] = j.id
             jobs.append(j)
-        trains = {}
-        for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
-            if not design.has(name):
-                continue
-            j = job(
-                f"train_{arm}.{dd}.{view}",
-                f"train_{arm}",
-                (view_ids["train"],),
-                (f"models/{dd}/{view}/{arm}",),
-                view,
-            )
-            trains[arm] = j.id
-            jobs.append(j)
-        for split in SPLITS:
-            reads = [view_ids[split], *trains.values()]
-            if design.has("PtyChi"):
-                outputs = [f"iterative/{dd}/{view}/{split}/recon.npz"]
-                if split == "test" and design.snapshot_epochs(design.iterative.epochs):
-                    outputs.append(f"iterative/{dd}/{view}/{split}/snapshots.npz")
-                it = job(
-                    f"iterative.{dd}.{view}.{split}", "iterative", (view_ids[split],), outputs,
-                    view, split,
-                )
-                jobs.append(it)
-                reads.append(it.id)
-            if split == "test":
-                halves = job(
-                    f"halves.{dd}.{view}.{split}",
-                    "halves",
-                    (view_ids[split], *trains.values()),
-                    (f"halves/{dd}/{view}/{split}/{HALVES}",),
+        fits: dict[str, str] = {}
+        for name, arm in arms.items():
+            if arm.fits and arm.fit_from is None:
+                j = job(
+                    f"train_{arm.slug}.{dd}.{view}",
+                    "fit",
+                    (view_ids["train"],),
+                    (arm.artifact_dir(dd, view),),
                     view,
-                    split,
+                    arm=name,
                 )
-                jobs.append(halves)
-                reads.append(halves.id)
-                for kind, arm in (("hybrid_lsqml", "PtychoPINN+LSQML"), ("ttr", "PtychoPINN+TTR")):
-                    if not design.has(arm):
-                        continue
-                    h = job(
-                        f"{kind}.{dd}.{view}.{split}",
-                        kind,
-                        (view_ids[split], trains["pinn"]),
-                        (hybrid_dir(dose, view, split, kind, repeat),),
-                        view,
-                        split,
-                    )
+                fits[name] = j.id
+                jobs.append(j)
+        for split in SPLITS:
+            soft: list[str] = []
+            recons: dict[str, str] = {}
+            halves: dict[str, str] = {}
+            for name, arm in arms.items():
+                if arm.inline or (split == "train" and arm.test_only):
+                    continue
+                deps = [view_ids[split]]
+                fit = fits.get(arm.fit_from or name)
+                if fit:
+                    deps.append(fit)
+                if arm.start:
+                    deps.append(recons[arm.start])
+                outputs = [recon_file(arm, dd, view, split)]
+                if split == "test" and _snapshot_stops(design, arm):
+                    outputs.append(f"{arm.recon_dir(dd, view, split)}/snapshots.npz")
+                j = job(f"{job_prefix(arm)}.{dd}.{view}.{split}", "recon", deps, outputs, view,
+                        split, arm=name)
+                recons[name] = j.id
+                jobs.append(j)
+                soft.append(j.id)
+                if split == "test" and arm.wants_halves():
+                    hdeps = [view_ids[split], *([fit] if fit else [])]
+                    if arm.start:
+                        if arm.start not in halves:
+                            continue  # its start has no half-scans: neither can it
+                        hdeps.append(halves[arm.start])
+                    h = job(f"halves_{arm.slug}.{dd}.{view}.{split}", "halves", hdeps,
+                            (halves_file(arm, dd, view),), view, split, arm=name)
+                    halves[name] = h.id
                     jobs.append(h)
-                    reads.append(h.id)
+                    soft.append(h.id)
             jobs.append(
                 job(
                     f"compare.{dd}.{view}.{split}",
                     "compare",
-                    reads,
+                    [view_ids[split], *soft],
                     (f"compare/{dd}/{view}/{split}",),
                     view,
                     split,
+                    soft=soft,
                 )
             )
     return jobs
+
+
+def _snapshot_stops(design: StudyDesign, arm) -> tuple[int, ...]:
+    return design.snapshot_epochs(arm.iterations()) if arm.snapshots else ()
 
 
 def conditions(design: StudyDesign) -> list[dict[str, Any]]:
@@ -230,6 +263,31 @@ def conditions(design: StudyDesign) -> list[dict[str, Any]]:
         for v in design.views
         for s in SPLITS
     ]
+
+
+def arm_context(job: Job, design: StudyDesign, data_source: str = "dataset"):
+    """What the study tells an arm about ``job`` (:class:`ptychobench.arms.ArmContext`)."""
+    from ptychobench.arms import ArmContext
+
+    spec = design.views[job.view]
+    return ArmContext(
+        device=design.device,
+        seed=design.seeds_for(job.repeat)["training"],
+        solver_seed=design.seeds.simulation,
+        gridsize=spec.gridsize,
+        neighbor_count=spec.neighbor_count,
+        crop_size_M=_crop(job, design),
+        stitch_weighting=_stitch_weighting(job, design),
+        phase_sync=design.metrics.phase_sync,
+        num_threads=design.num_threads,
+        data_source=data_source,
+    )
+
+
+def _job_data(job: Job) -> str:
+    """The dataset an arm job reads: the training view (fit) or the view of its split."""
+    split = "train" if job.kind == "fit" else job.split
+    return _data(job.dose, job.view, f"{split}.npz", repeat=job.repeat)
 
 
 def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
@@ -246,51 +304,27 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
         return key
     if job.kind == "split":
         return {**design.split.model_dump(), "heldout_seed": _heldout_seed(design, job)}
-    if job.kind == "halves":
-        return {
-            "arms": [a for a in design.arms if a in HALF_ARMS],
-            "iterative": design.iterative_config().model_dump(exclude={"progress", "device"}),
-            "lsqml_epochs": design.hybrid.lsqml_epochs,
-            "ttr": _ttr_config(design, job.repeat).model_dump(exclude={"device"}),
-            "start": _start_settings(job, design),
-        }
     if job.kind == "view":
         # the stitch weighting only matters to compare (its key has the resolved value)
         view = design.views[job.view].model_dump(exclude={"stitch_weighting"})
         return {**view, "seed": design.seeds_for(job.repeat)["grouping"]}
-    if job.kind in ("train_pinn", "train_baseline"):
-        arm = job.kind.removeprefix("train_")
-        # merge_weighting is the PINN's gs2 merge: the baseline and gs1 ignore it
-        ignored = set() if _merge_weighting(job, design) else {"merge_weighting"}
-        return {
-            "arm": getattr(design, arm).model_dump(exclude=ignored),
-            "train": design.train_config(arm, job.repeat).model_dump(
-                exclude={"log_every_s", "device"}
-            ),
-            "gridsize": design.views[job.view].gridsize,
-            "neighbor_count": design.views[job.view].neighbor_count,
+    if job.kind in ("fit", "recon", "halves"):
+        arm = design.arm_objects()[job.arm]
+        out = {
+            "arm": arm.key(),
+            "context": arm_context(job, design, _job_data(job)).key(),
             "num_threads": design.num_threads,
         }
-    if job.kind == "iterative":
-        out = design.iterative_config().model_dump(exclude={"progress", "device"})
-        if job.split == "test" and design.snapshot_epochs(design.iterative.epochs):
-            out["snapshots"] = list(design.snapshot_epochs(design.iterative.epochs))
+        if job.kind == "recon" and job.split == "test":
+            out["snapshots"] = list(_snapshot_stops(design, arm))
         return out
-    if job.kind == "hybrid_lsqml":
-        return {
-            "iterative": design.iterative_config().model_dump(exclude={"progress", "device"}),
-            "epochs": design.hybrid.lsqml_epochs,
-            "snapshots": list(design.snapshot_epochs(design.hybrid.lsqml_epochs)),
-            "start": _start_settings(job, design),
-        }
-    if job.kind == "ttr":
-        return {"ttr": _ttr_config(design, job.repeat).model_dump(exclude={"device"})}
     if job.kind == "compare":
+        arms = planned_arms(design)
         return {
             "metrics": design.metrics.model_dump(exclude={"stitch_weighting"}),
             "crop_size_M": _crop(job, design),
             "stitch_weighting": _stitch_weighting(job, design),
-            "arms": list(design.arms),
+            "arms": {n: {"role": a.role, "inline": a.inline} for n, a in arms.items()},
         }
     return {}
 
@@ -452,266 +486,165 @@ def _run_view(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progres
     write_overlap_json(rep, out)
 
 
-def _run_train(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
-    from ptychobench.fit import fit
+def _fair(ds, arm, fit: bool = False):
+    """``ds`` as the arm may see it: the truth removed unless it declares it needs it (the
+    object frame kept in ``metadata["frame_shape"]``, so its reconstruction lands in it)."""
+    import dataclasses as dc
 
-    arm = job.kind.removeprefix("train_")
-    spec = design.views[job.view]
-    settings = getattr(design, arm)
-    rel = _data(job.dose, job.view, "train.npz", repeat=job.repeat)
-    ds = _load(run_dir / rel)
+    keep_object = arm.needs.truth_object
+    keep_Y = arm.needs.truth_patches if fit else arm.needs.truth_object
+    if (ds.objectGuess is None or keep_object) and (ds.Y is None or keep_Y):
+        return ds
+    meta = {**ds.metadata, "frame_shape": list(ds.frame_shape)}
+    return dc.replace(
+        ds,
+        objectGuess=ds.objectGuess if keep_object else None,
+        Y=ds.Y if keep_Y else None,
+        metadata=meta,
+    )
+
+
+def _run_fit(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
+    arm = design.arm_objects()[job.arm]
+    rel = _job_data(job)
+    ds = _fair(_load(run_dir / rel), arm, fit=True)
     out = stage / job.outputs[0]
-    resume = (out / "checkpoint.pt").exists()
+    out.mkdir(parents=True, exist_ok=True)
+    resume = any(out.iterdir())
     if resume:
-        log.info("%s: resuming from the staged checkpoint %s", job.id, out / "checkpoint.pt")
-    res = fit(
-        ds,
-        arm,
-        out,
-        gridsize=spec.gridsize,
-        train_config=design.train_config(arm, job.repeat),
-        n_filters_scale=settings.n_filters_scale,
-        loss=settings.loss,
-        neighbor_count=spec.neighbor_count,
-        resume=resume,
-        data_source=rel,
-        progress=False,
-        merge_weighting=_merge_weighting(job, design) or "flat",
-    )
-    if res.interrupted:
-        raise KeyboardInterrupt
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+        log.info("%s: resuming from the staged artifact %s", job.id, out)
+    arm.fit(ds, out, arm_context(job, design, rel), resume=resume)
 
 
-def _run_iterative(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
-    from ptychobench.data.recon import write_reconstruction
-    from ptychobench.iterative import reconstruct
-
-    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat))
-    cfg = design.iterative_config()
-    if len(job.outputs) > 1:  # the test split of a design with PtychoPINN+LSQML: the curve too
-        rec, snaps = _run_iterative_snapshots(
-            lambda stops, cb: reconstruct(ds, cfg, snapshot_epochs=stops, on_snapshot=cb),
-            cfg.epochs,
-            design,
-        )
-        _write_snapshots(snaps, stage / job.outputs[1])
-    else:
-        rec = reconstruct(ds, cfg)
-    out = stage / job.outputs[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_reconstruction(rec, out)
-
-
-def _run_iterative_snapshots(rec_fn, epochs: int, design: StudyDesign):
-    """Run ``rec_fn(snapshot_epochs, on_snapshot)``; write the snapshots beside the recon."""
-    import numpy as np
-
-    stops = design.snapshot_epochs(epochs)
-    seen: list[tuple[int, float, Any]] = []
-    rec = rec_fn(stops, lambda e, sec, obj: seen.append((e, sec, obj)))
-    snaps = None
-    if stops:
-        snaps = {
-            "epochs": np.array([e for e, _, _ in seen], np.int64),
-            "seconds": np.array([sec for _, sec, _ in seen], np.float64),
-            "objects": np.stack([obj for _, _, obj in seen]).astype(np.complex64),
-        }
-    return rec, snaps
-
-
-def _write_snapshots(snaps, path: Path) -> None:
-    import numpy as np
-
-    from ptychobench.data.io import atomic_open
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as fh:
-        np.savez(fh, **snaps)
-
-
-def _train_seconds(bundle: Path) -> float | None:
-    """Training wall time of a bundle: Σ of its history's per-epoch seconds."""
-    import csv
-
-    p = bundle / "history.csv"
-    if not p.exists():
+def _artifact(job: Job, design: StudyDesign, run_dir: Path, arm) -> Path | None:
+    owner = arm.fit_from or (arm.name if arm.fits else None)
+    if owner is None:
         return None
-    with p.open(newline="") as fh:
-        return float(sum(float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds")))
+    return run_dir / design.arm_objects()[owner].artifact_dir(job.dd, job.view)
 
 
-def _network_recon(job: Job, design: StudyDesign, run_dir: Path, arm: str, name: str, ds, rel):
-    """Inference of a trained network arm on ``ds`` as compare stitches it (+ ``train_s``)."""
-    from ptychobench.infer import infer
-    from ptychobench.models.bundle import load_bundle
+def _read_recon(path: Path, shape=None):
+    from ptychobench.data.recon import read_reconstruction
 
-    bundle = run_dir / "models" / job.dd / job.view / arm
-    net, cfg = load_bundle(bundle)
-    rec = infer(
-        net,
-        ds,
-        train_stats=cfg.get("data"),
-        device=design.device,
-        crop_size_M=_crop(job, design),
-        data_source=rel,
-        arm=name,
-        neighbor_count=design.views[job.view].neighbor_count,
-        stitch_weighting=_stitch_weighting(job, design),
-        phase_sync=design.metrics.phase_sync,
-    )
-    rec.metadata["train_s"] = _train_seconds(bundle)
+    return read_reconstruction(path, shape=shape)
+
+
+def _checked(rec, arm, ds):
+    """The contract every arm's output must meet before it is published (one line if not)."""
+    import numpy as np
+
+    from ptychobench.data.recon import ReconstructionError
+
+    if rec is None or not hasattr(rec, "reconstructed_object"):
+        raise JobFailed(f"{arm.name}: reconstruct returned {type(rec).__name__}, not a "
+                        "Reconstruction")
+    try:
+        rec.validate(arm.name, shape=ds.frame_shape)
+    except ReconstructionError as exc:
+        raise JobFailed(str(exc)) from None
+    obj = rec.reconstructed_object
+    if not np.isfinite(obj).all():
+        raise JobFailed(f"{arm.name}: reconstruction has non-finite values")
+    if not np.any(obj):
+        raise JobFailed(f"{arm.name}: reconstruction is all zeros")
+    rec.metadata["arm"] = arm.name
     return rec
 
 
-def _start_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
-    """How the PINN's start object of PtychoPINN+LSQML is stitched (as compare stitches it)."""
-    return {
-        "crop_size_M": _crop(job, design),
-        "stitch_weighting": _stitch_weighting(job, design),
-        "phase_sync": design.metrics.phase_sync,
-        "neighbor_count": design.views[job.view].neighbor_count,
-    }
+def _run_recon(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
+    import numpy as np
 
-
-def _ttr_config(design: StudyDesign, repeat: int = 0):
-    from ptychobench.refine import TTRConfig
-
-    h = design.hybrid
-    return TTRConfig(
-        epochs=h.ttr_epochs,
-        lr=h.ttr_lr,
-        batch_size=h.ttr_batch_size,
-        max_seconds=h.ttr_max_seconds,
-        phase_sync=design.metrics.phase_sync,
-        seed=design.seeds_for(repeat)["training"],
-        device=design.device,
-    )
-
-
-def _run_hybrid_lsqml(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress):
+    from ptychobench.arms import Snapshots
+    from ptychobench.data.io import atomic_open
     from ptychobench.data.recon import write_reconstruction
-    from ptychobench.iterative import reconstruct
 
-    rel = _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat)
+    arm = design.arm_objects()[job.arm]
+    rel = _job_data(job)
     ds = _load(run_dir / rel)
-    start = _network_recon(job, design, run_dir, "pinn", "PtychoPINN", ds, rel)
-    cfg = design.iterative_config().model_copy(update={"epochs": design.hybrid.lsqml_epochs})
-    rec, snaps = _run_iterative_snapshots(
-        lambda stops, cb: reconstruct(
-            ds, cfg, init_object=start, snapshot_epochs=stops, on_snapshot=cb
-        ),
-        cfg.epochs,
-        design,
+    start = None
+    if arm.start:
+        other = design.arm_objects()[arm.start]
+        start = _read_recon(run_dir / recon_file(other, job.dd, job.view, job.split))
+    stops = _snapshot_stops(design, arm) if len(job.outputs) > 1 else ()
+    seen: list[tuple[int, float, Any]] = []
+    snaps = Snapshots(stops, lambda e, sec, obj: seen.append((e, sec, obj))) if stops else None
+    rec = arm.reconstruct(
+        _fair(ds, arm),
+        arm_context(job, design, rel),
+        artifact=_artifact(job, design, run_dir, arm),
+        start=start,
+        snapshots=snaps,
     )
-    infer_s, refine_s = float(start.metadata["seconds"]), float(rec.metadata["seconds"])
-    rec.metadata.update(
-        arm="PtychoPINN+LSQML",
-        infer_s=infer_s,
-        refine_s=refine_s,
-        seconds=infer_s + refine_s,
-        train_s=start.metadata.get("train_s"),
-    )
+    rec = _checked(rec, arm, ds)
     out = stage / job.outputs[0]
-    write_reconstruction(rec, out / "recon.npz")
-    if snaps is not None:
-        snaps["seconds"] = snaps["seconds"] + infer_s  # the curve starts after the inference
-        _write_snapshots(snaps, out / "snapshots.npz")
-
-
-def _run_ttr(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
-    from ptychobench.data.recon import write_reconstruction
-    from ptychobench.models.bundle import load_bundle
-    from ptychobench.refine import refine
-
-    ds = _load(run_dir / _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat))
-    bundle = run_dir / "models" / job.dd / job.view / "pinn"
-    net, _ = load_bundle(bundle)
-    res = refine(net, ds, _ttr_config(design, job.repeat))
-    res.reconstruction.metadata["train_s"] = _train_seconds(bundle)
-    write_reconstruction(res.reconstruction, stage / job.outputs[0] / "recon.npz")
-
-
-HALF_ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_reconstruction(rec, out)
+    if stops:
+        path = stage / job.outputs[1]
+        with atomic_open(path, "wb") as fh:
+            np.savez(
+                fh,
+                epochs=np.array([e for e, _, _ in seen], np.int64),
+                seconds=np.array([s for _, s, _ in seen], np.float64),
+                objects=np.stack([o for _, _, o in seen]).astype(np.complex64),
+            )
 
 
 def _run_halves(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
-    """Every arm reconstructs the two interleaved halves of the test view, independently (the
+    """One arm reconstructs the two interleaved halves of the test view, independently (the
     half-scan FRC of compare). An arm that cannot run on a half is recorded, not fatal."""
-    import json
-
     import numpy as np
 
     from ptychobench.data.io import atomic_open
+    from ptychobench.data.recon import Reconstruction
     from ptychobench.evaluate.reference_free import interleaved_halves
 
-    rel = _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat)
+    arm = design.arm_objects()[job.arm]
+    rel = _job_data(job)
     ds = _load(run_dir / rel)
+    starts: dict[str, Any] = {}
+    if arm.start:
+        other = design.arm_objects()[arm.start]
+        with np.load(run_dir / halves_file(other, job.dd, job.view), allow_pickle=False) as f:
+            for half in "ab":
+                if f"{half}.object" in f.files:
+                    seconds = json.loads(str(f["meta"]))["seconds"].get(half)
+                    starts[half] = Reconstruction(
+                        f[f"{half}.object"],
+                        f[f"{half}.coverage"],
+                        {"arm": other.name, "seconds": seconds},
+                    )
     arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"n": [], "seconds": {}, "errors": {}}
+    meta: dict[str, Any] = {"arm": arm.name, "n": [], "seconds": {}, "errors": {}}
     for half, idx in zip("ab", interleaved_halves(ds.n), strict=True):
         sub = ds.select(idx, transformation={"op": "half_scan", "half": half})
         meta["n"].append(int(sub.n))
-        for name, rec in _half_arms(job, design, run_dir, sub, rel).items():
-            if isinstance(rec, BaseException):
-                meta["errors"][f"{name}.{half}"] = f"{type(rec).__name__}: {rec}"
-                log.warning("%s on half %s: %s", name, half, rec)
-                continue
-            arrays[f"{name}.{half}"] = rec.reconstructed_object.astype(np.complex64)
-            meta["seconds"][f"{name}.{half}"] = rec.metadata.get("seconds")
+        try:
+            if arm.start and half not in starts:
+                raise ValueError(f"{arm.start} has no reconstruction of half {half}")
+            rec = arm.reconstruct(
+                _fair(sub, arm),
+                arm_context(job, design, rel),
+                artifact=_artifact(job, design, run_dir, arm),
+                start=starts.get(half),
+            )
+            rec = _checked(rec, arm, sub)
+        except Exception as exc:  # one half's failure leaves the other arms' halves
+            meta["errors"][half] = f"{type(exc).__name__}: {exc}"
+            log.warning("%s on half %s: %s", arm.name, half, exc)
+            continue
+        arrays[f"{half}.object"] = rec.reconstructed_object.astype(np.complex64)
+        arrays[f"{half}.coverage"] = rec.coverage.astype(np.float32)
+        meta["seconds"][half] = rec.metadata.get("seconds")
     out = stage / job.outputs[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb") as fh:
         np.savez(fh, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
 
-def _half_arms(job: Job, design: StudyDesign, run_dir: Path, ds, rel) -> dict[str, Any]:
-    """name → Reconstruction (or the exception) of every arm on one half-scan ``ds``."""
-    from ptychobench.iterative import reconstruct
-    from ptychobench.models.bundle import load_bundle
-    from ptychobench.refine import refine
-
-    def attempt(fn):
-        try:
-            return fn()
-        except Exception as exc:  # one arm's failure leaves the others' halves
-            return exc
-
-    out: dict[str, Any] = {}
-    for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
-        if design.has(name):
-            out[name] = attempt(
-                lambda a=arm, n=name: _network_recon(job, design, run_dir, a, n, ds, rel)
-            )
-    if design.has("PtyChi"):
-        out["PtyChi"] = attempt(lambda: reconstruct(ds, design.iterative_config()))
-    start = out.get("PtychoPINN")
-    if design.has("PtychoPINN+LSQML"):
-        cfg = design.iterative_config().model_copy(update={"epochs": design.hybrid.lsqml_epochs})
-        out["PtychoPINN+LSQML"] = (
-            start
-            if isinstance(start, BaseException)
-            else attempt(lambda: reconstruct(ds, cfg, init_object=start))
-        )
-    if design.has("PtychoPINN+TTR"):
-        bundle = run_dir / "models" / job.dd / job.view / "pinn"
-        ttr = _ttr_config(design, job.repeat)
-        out["PtychoPINN+TTR"] = attempt(
-            lambda: refine(load_bundle(bundle)[0], ds, ttr).reconstruction
-        )
-    return out
-
-
 def _crop(job: Job, design: StudyDesign) -> int | None:
     spec = design.views[job.view]
     return spec.crop_size_M if spec.crop_size_M is not None else design.metrics.crop_size_M
-
-
-def _merge_weighting(job: Job, design: StudyDesign) -> str | None:
-    """The PINN's gs2 merge weighting for a training job; None where no merge runs."""
-    if job.kind != "train_pinn" or design.views[job.view].gridsize != 2:
-        return None
-    return design.pinn.merge_weighting
 
 
 def _stitch_weighting(job: Job, design: StudyDesign) -> str:
@@ -722,44 +655,41 @@ def _stitch_weighting(job: Job, design: StudyDesign) -> str:
 
 
 def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progress) -> None:
-    from ptychobench.data.recon import read_reconstruction
     from ptychobench.evaluate.compare import compare
 
     rel = _data(job.dose, job.view, f"{job.split}.npz", repeat=job.repeat)
     ds = _load(run_dir / rel)
-    dd = job.dd
-    shape = ds.objectGuess.shape if ds.objectGuess is not None else None
+    shape = ds.frame_shape
     arms: dict[str, Any] = {}
-    for arm, name in (("pinn", "PtychoPINN"), ("baseline", "Baseline")):
-        if not design.has(name):
+    for name, arm in planned_arms(design).items():
+        if split_skips(arm, job.split):
+            continue
+        if arm.inline:
+            if arm.needs.truth_object and ds.objectGuess is None:
+                continue  # a reference needs the truth: absent without it
+            try:
+                arms[name] = arm.reconstruct(ds, arm_context(job, design, rel))
+            except Exception as exc:
+                arms[name] = exc
             continue
         try:
-            arms[name] = _network_recon(job, design, run_dir, arm, name, ds, rel)
-        except Exception as exc:  # an arm that cannot run is reported, the others still scored
-            log.error("%s: %s", name, exc)
-            arms[name] = exc
-    files = {"PtyChi": f"iterative/{dd}/{job.view}/{job.split}/recon.npz"}
-    if job.split == "test":
-        for kind, name in (("hybrid_lsqml", "PtychoPINN+LSQML"), ("ttr", "PtychoPINN+TTR")):
-            files[name] = f"{hybrid_dir(job.dose, job.view, job.split, kind, job.repeat)}/recon.npz"
-    for name, path in files.items():
-        if not design.has(name):
-            continue
-        try:
-            arms[name] = read_reconstruction(run_dir / path, shape=shape)
-        except Exception as exc:
-            arms[name] = exc
+            arms[name] = _read_recon(
+                run_dir / recon_file(arm, job.dd, job.view, job.split), shape=shape
+            )
+        except Exception as exc:  # its job failed: its cells are marked failed, not the study
+            arms[name] = _arm_failure(job, arm, exc, run_dir)
     snapshots, curve_rows = _load_snapshots(job, design, run_dir, arms)
     out = stage / job.outputs[0]
     if job.split == "test":
-        free = _reference_free(job, run_dir, ds, arms)
+        free = _reference_free(job, design, run_dir, ds, arms)
     else:  # the train split has no withheld patterns: without truth nothing is scored there
         free = None if ds.objectGuess is not None else {}
+    settings = _compare_settings(job, design)
     res = compare(
         ds,
         arms,
         out,
-        _compare_settings(job, design),
+        settings,
         data_source=rel,
         snapshots=snapshots,
         reference_free=free,
@@ -771,11 +701,32 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
         )
 
 
-def _reference_free(job: Job, run_dir: Path, ds, arms: dict[str, Any]) -> dict[str, dict]:
-    """Held-out NLL and half-scan FRC of every arm of a test comparison (a score that cannot be
-    computed is left out and logged; the ground-truth scores do not depend on it)."""
-    import json
+def split_skips(arm, split: str) -> bool:
+    """Whether ``arm`` has no reconstruction of ``split`` by design (test-only arms)."""
+    return split == "train" and arm.test_only
 
+
+class ArmFailed(RuntimeError):
+    """An arm's own job failed; compare records this one line as that arm's error."""
+
+
+def _arm_failure(job: Job, arm, exc: Exception, run_dir: Path) -> Exception:
+    """The reason an arm has no reconstruction here, as one line (its job's error if recorded)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        jid = f"{job_prefix(arm)}.{job.dd}.{job.view}.{job.split}"
+        rec = manifest.get("jobs", {}).get(jid, {})
+        if rec.get("status") in ("failed", "blocked") and rec.get("error"):
+            return ArmFailed(f"{arm.name}: {rec['status']}: {rec['error']}".splitlines()[0])
+    except (OSError, ValueError):
+        pass
+    return exc
+
+
+def _reference_free(job: Job, design: StudyDesign, run_dir: Path, ds, arms: dict[str, Any]):
+    """Held-out NLL and half-scan FRC of every method arm of a test comparison (a score that
+    cannot be computed is left out and logged; the ground-truth scores do not depend on it).
+    References are not scored without truth: they are made from it."""
     import numpy as np
 
     from ptychobench.evaluate.reference_free import half_scan_frc, heldout_nll, scanned_box
@@ -786,17 +737,13 @@ def _reference_free(job: Job, run_dir: Path, ds, arms: dict[str, Any]) -> dict[s
     except (OSError, ValueError) as exc:  # the ground-truth scores do not need it
         log.warning("held-out patterns unusable, no held-out NLL: %s", exc)
         held = None
-    halves_path = run_dir / "halves" / job.dd / job.view / job.split / HALVES
-    halves: dict[str, np.ndarray] = {}
-    if halves_path.exists():
-        with np.load(halves_path, allow_pickle=False) as f:
-            halves = {k: f[k] for k in f.files if k != "meta"}
-            errors = json.loads(str(f["meta"]))["errors"]
-        for key, msg in errors.items():
-            log.info("half-scan %s: %s", key, msg)
     counts = held.diffraction.astype(np.float64) ** 2 if held is not None else None
+    objects = design.arm_objects()
     out: dict[str, dict] = {}
     for name, rec in arms.items():
+        arm = objects.get(name)
+        if arm is None or arm.role != "method":
+            continue
         scores: dict[str, Any] = {}
         if not isinstance(rec, BaseException) and held is not None and held.n:
             try:
@@ -804,13 +751,29 @@ def _reference_free(job: Job, run_dir: Path, ds, arms: dict[str, Any]) -> dict[s
                 scores["heldout_nll_rel"] = h.relative
             except ValueError as exc:
                 log.warning("%s: held-out NLL: %s", name, exc)
-        a, b = halves.get(f"{name}.a"), halves.get(f"{name}.b")
+        a, b = _halves_of(run_dir / halves_file(arm, job.dd, job.view))
         if a is not None and b is not None:
             f = half_scan_frc(a, b, scanned_box(ds.coords, a.shape))
             scores["halfscan_frc_halfbit"] = f["halfbit"]
             scores["halfscan_frc1over7"] = f["1over7"]
         out[name] = scores
     return out
+
+
+def _halves_of(path: Path):
+    """(object a, object b) of an arm's half-scan file; None for a half it could not do."""
+    import numpy as np
+
+    if not path.exists():
+        return None, None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for half, msg in json.loads(str(f["meta"]))["errors"].items():
+                log.info("half-scan %s: %s", half, msg)
+            return tuple(f[f"{h}.object"] if f"{h}.object" in f.files else None for h in "ab")
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("half-scans %s unusable: %s", path, exc)
+        return None, None
 
 
 def _compare_settings(job: Job, design: StudyDesign):
@@ -824,6 +787,7 @@ def _compare_settings(job: Job, design: StudyDesign):
         registration=m.registration,
         phase_align=m.phase_align,
         ms_ssim_sigma=m.ms_ssim_sigma,
+        floor=False,  # the floor is an arm of the study like any other
     )
 
 
@@ -831,26 +795,22 @@ CURVE_CSV = "convergence.csv"
 
 
 def _load_snapshots(job: Job, design: StudyDesign, run_dir: Path, arms) -> tuple[dict, list]:
-    """The LSQML snapshots of PtyChi (from flat) and PtychoPINN+LSQML on the test split.
+    """The convergence snapshots of every arm that recorded them on this (test) view.
 
     Returns ``({"<arm>@<epoch>": (H, W) object}, [(arm, epoch, seconds, name), ...])``.
     """
     import numpy as np
 
-    if job.split != "test" or not design.has("PtychoPINN+LSQML"):
-        return {}, []
-    dd = job.dd
-    sources = {
-        "PtyChi": run_dir / "iterative" / dd / job.view / job.split / "snapshots.npz",
-        "PtychoPINN+LSQML": run_dir
-        / hybrid_dir(job.dose, job.view, job.split, "hybrid_lsqml", job.repeat)
-        / "snapshots.npz",
-    }
     objects: dict[str, Any] = {}
     rows: list[tuple[str, int, float, str]] = []
-    for name, path in sources.items():
+    if job.split != "test":
+        return objects, rows
+    for name, arm in planned_arms(design).items():
         final = arms.get(name)
-        if not path.exists() or final is None or isinstance(final, BaseException):
+        if arm.inline or final is None or isinstance(final, BaseException):
+            continue
+        path = run_dir / arm.recon_dir(job.dd, job.view, job.split) / "snapshots.npz"
+        if not _snapshot_stops(design, arm) or not path.exists():
             continue
         with np.load(path, allow_pickle=False) as f:
             epochs, seconds, objs = f["epochs"], f["seconds"], f["objects"]
@@ -882,11 +842,8 @@ BODIES: dict[str, Callable[..., None]] = {
     "load": _run_load,
     "split": _run_split,
     "view": _run_view,
-    "train_pinn": _run_train,
-    "train_baseline": _run_train,
-    "iterative": _run_iterative,
-    "hybrid_lsqml": _run_hybrid_lsqml,
-    "ttr": _run_ttr,
+    "fit": _run_fit,
+    "recon": _run_recon,
     "halves": _run_halves,
     "compare": _run_compare,
 }

@@ -342,6 +342,14 @@ def _new_record(job: Job) -> dict[str, Any]:
     }
 
 
+def _dep_state(record: dict[str, Any]) -> dict[str, Any]:
+    """What a dependency contributes to a job's key: its output hashes; for a soft dependency
+    that did not succeed, its status and error (so a fix re-runs the job that read it)."""
+    if record.get("status") == "success":
+        return record.get("outputs") or {}
+    return {"status": record.get("status"), "error": record.get("error")}
+
+
 def run_one(
     job: Job,
     design: StudyDesign,
@@ -356,11 +364,13 @@ def run_one(
     earlier run. A job whose dependency did not succeed is ``blocked``.
     """
     record = _new_record(job)
-    bad = [d for d in job.deps if deps.get(d, {}).get("status") != "success"]
+    bad = [
+        d for d in job.deps if d not in job.soft and deps.get(d, {}).get("status") != "success"
+    ]
     if bad:
         record.update(status="blocked", error=f"dependency did not succeed: {', '.join(bad)}")
         return record
-    key = job_key(job, design, {d: deps[d]["outputs"] for d in job.deps})
+    key = job_key(job, design, {d: _dep_state(deps.get(d, {})) for d in job.deps})
     record["key"] = key
     if (
         prior
