@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ptychobench.arms.base import Arm, ArmContext, ArmSettings, Needs, Snapshots
+from ptychobench.arms.base import Arm, ArmContext, ArmSettings, Needs
 
 __all__ = [
     "BaselineArm",
@@ -160,7 +160,8 @@ class PtyChiSettings(ArmSettings):
     batch_size: int | None = Field(None, ge=1)
     noise_model: Literal["gaussian", "poisson"] = "gaussian"
     start: str | None = Field(
-        None, description="start from this arm's reconstruction (its covered pixels) instead of flat"
+        None,
+        description="start from this arm's reconstruction (its covered pixels) instead of flat",
     )
 
     def config(self, ctx: ArmContext, **update: Any):

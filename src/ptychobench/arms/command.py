@@ -165,7 +165,8 @@ class CommandArm(Arm):
             try:
                 rec = read_reconstruction(out_file, shape=ds.frame_shape)
             except ReconstructionError as exc:
-                raise CommandFailed(f"{self.name}: {str(exc).replace(str(out_file), '{out}')}")
+                msg = str(exc).replace(str(out_file), "{out}")
+                raise CommandFailed(f"{self.name}: {msg}") from None
         train_s = None
         if artifact is not None and (artifact / _FIT_SECONDS).exists():
             train_s = float((artifact / _FIT_SECONDS).read_text())

@@ -37,9 +37,12 @@ __all__ = [
     "BUILTIN",
     "DEFAULT_ARMS",
     "DEFAULT_DELTAS",
+    "DISPLAY_ORDER",
     "ENTRY_POINT_GROUP",
     "REFERENCE_ARMS",
     "arm_types",
+    "describe",
+    "role_of",
     "legacy_tables",
     "resolve",
     "resolve_all",
@@ -54,6 +57,7 @@ class _Builtin:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     slug: str | None = None
     root: str | None = None  # run-relative directory of its reconstructions (the spec's layout)
+    color: str | None = None  # where it differs from its type's
 
 
 BUILTIN: dict[str, _Builtin] = {
@@ -61,7 +65,7 @@ BUILTIN: dict[str, _Builtin] = {
     "Baseline": _Builtin(BaselineArm, slug="baseline"),
     "PtyChi": _Builtin(PtyChiArm, root="iterative"),
     "PtychoPINN+LSQML": _Builtin(
-        PtyChiArm, {"start": "PtychoPINN", "epochs": 50}, slug="hybrid_lsqml"
+        PtyChiArm, {"start": "PtychoPINN", "epochs": 50}, slug="hybrid_lsqml", color="C3"
     ),
     "PtychoPINN+TTR": _Builtin(TTRArm, slug="ttr"),
     "Flat": _Builtin(FlatArm),
@@ -71,6 +75,8 @@ BUILTIN: dict[str, _Builtin] = {
 DEFAULT_ARMS: tuple[str, ...] = ("PtychoPINN", "Baseline", "PtyChi")
 #: Reference arms scored in every synthetic cell unless the design lists its own references.
 REFERENCE_ARMS: tuple[str, ...] = ("Flat",)
+#: Arms the report shows first, in this order (the others follow by name).
+DISPLAY_ORDER: tuple[str, ...] = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
 #: ``deltas.json`` / ``highlights.txt``: this arm minus each of those (where the design has them).
 DEFAULT_DELTAS: tuple[str, tuple[str, ...]] = ("PtychoPINN", ("Baseline", "PtyChi"))
 _BUILTIN_TYPES: dict[str, type[Arm]] = {
@@ -193,6 +199,27 @@ def resolve_all(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Arm]:
                     "chains of starts are not supported"
                 )
     return arms
+
+
+def role_of(name: str) -> str:
+    """The registered role of a built-in arm name (``method`` for any other name)."""
+    b = BUILTIN.get(name)
+    return b.cls.role if b is not None else "method"
+
+
+def describe(arms: Mapping[str, Arm]) -> dict[str, dict[str, Any]]:
+    """``{name: {"type", "role", "summary", "color", "start"}}``: what a run records about its
+    arms (the report and verification read it, without importing any plugin)."""
+    return {
+        n: {
+            "type": a.type_name,
+            "role": a.role,
+            "summary": a.summary,
+            "color": (BUILTIN[n].color if n in BUILTIN else None) or a.color,
+            "start": a.start,
+        }
+        for n, a in arms.items()
+    }
 
 
 def legacy_tables(sections: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Any]]:

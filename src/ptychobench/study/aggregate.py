@@ -34,6 +34,7 @@ out-of-sample scores and flatter the trained arms.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -41,13 +42,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ptychobench.arms.registry import DEFAULT_DELTAS, role_of
 from ptychobench.data.io import atomic_open
 from ptychobench.evaluate.compare import ARM_ORDER, TUPLE_METRICS
 from ptychobench.study.design import dose_dir
 
 __all__ = [
-    "ARMS",
-    "DELTA_ARMS",
+    "Lineup",
     "DELTA_METRICS",
     "LONG_COLUMNS",
     "LOWER_IS_BETTER",
@@ -59,19 +60,44 @@ __all__ = [
     "condition_key",
     "deltas",
     "highlights_lines",
+    "lineup_of",
     "read_comparison_csv",
     "summarise",
     "summary_json",
 ]
 
-ARMS: tuple[str, ...] = (
-    "PtychoPINN",
-    "Baseline",
-    "PtyChi",
-    "PtychoPINN+LSQML",
-    "PtychoPINN+TTR",
-    "Flat",
-)
+@dataclasses.dataclass(frozen=True)
+class Lineup:
+    """Who is who in a run: each arm's role (``method``, ``floor``, ``ceiling``) and the arms of
+    ``deltas.json`` (``subject`` minus each of ``against``). Read from the run's manifest
+    (:func:`lineup_of`); an arm it does not list has its registered role."""
+
+    roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    subject: str = DEFAULT_DELTAS[0]
+    against: tuple[str, ...] = tuple(DEFAULT_DELTAS[1])
+
+    def role(self, name: str) -> str:
+        return self.roles.get(name) or role_of(name)
+
+    def candidates(self, names: Iterable[str]) -> list[str]:
+        """The verdict candidates among ``names`` (methods; references never), in order."""
+        return [n for n in _model_order(names) if self.role(n) == "method"]
+
+    def reference(self, role: str, names: Iterable[str]) -> str | None:
+        """The arm among ``names`` with this reference role (``floor`` / ``ceiling``)."""
+        return next((n for n in _model_order(names) if self.role(n) == role), None)
+
+
+def lineup_of(manifest: Mapping[str, Any]) -> Lineup:
+    """The :class:`Lineup` recorded in a run's manifest (``arms``, ``design.deltas``)."""
+    arms = manifest.get("arms") or {}
+    d = (manifest.get("design") or {}).get("deltas") or {}
+    return Lineup(
+        roles={n: str(a.get("role", "method")) for n, a in arms.items() if isinstance(a, dict)},
+        subject=d.get("subject", DEFAULT_DELTAS[0]),
+        against=tuple(d.get("against", DEFAULT_DELTAS[1])),
+    )
+
 
 #: Tuple metrics where a smaller value is better ("best" is then the minimum).
 LOWER_IS_BETTER = frozenset({"mae", "mse", "nrmse", "heldout_nll_rel"})
@@ -80,13 +106,9 @@ LOWER_IS_BETTER = frozenset({"mae", "mse", "nrmse", "heldout_nll_rel"})
 #: same study and would break the byte-identical ``metrics_summary.json``.
 EXCLUDED_FROM_SUMMARY = frozenset({"computation_time_s", "train_s", "infer_s", "refine_s"})
 
-#: Arms PtychoPINN is compared against in ``deltas.json`` / ``highlights.txt``, in line order.
-DELTA_ARMS: tuple[str, ...] = ("Baseline", "PtyChi")
 #: Metrics of ``deltas.json``; the highlights use ``{metric: decimals}``.
 DELTA_METRICS: dict[str, int] = {"ms_ssim": 3, "mae": 6}
 _DELTA_LABELS = {"ms_ssim": "MS-SSIM", "mae": "MAE"}
-#: Width of the label column of ``highlights.txt`` (the longest label plus two spaces).
-_HIGHLIGHT_LABEL_WIDTH = 35
 
 LONG_COLUMNS: tuple[str, ...] = (
     "dose",
@@ -551,8 +573,6 @@ def _mean(summary: Mapping[str, Any], model: str, metric: str, part: str) -> flo
 
 #: Metrics of the paired differences in ``deltas.json``.
 PAIRED_METRICS: tuple[str, ...] = ("ssim", "ms_ssim", "mae", "frc50", "nrmse")
-#: Arms that can win a verdict (Flat, the floor, is scored but never "the method to use").
-VERDICT_ARMS: tuple[str, ...] = tuple(a for a in ARMS if a != "Flat")
 #: (metric, part, label) of the verdict grid; the first is the headline.
 VERDICT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("ssim", "phase", "phase SSIM"),
@@ -586,8 +606,10 @@ def _paired(a: Mapping[int, Mapping], b: Mapping[int, Mapping], part: str) -> li
     ]
 
 
-def deltas(summary: dict, rows: Sequence[Mapping[str, Any]] = ()) -> dict:
-    """PtychoPINN minus the other arms (the content of ``deltas.json``).
+def deltas(
+    summary: dict, rows: Sequence[Mapping[str, Any]] = (), lineup: Lineup | None = None
+) -> dict:
+    """The subject arm (PtychoPINN by default) minus the others (``deltas.json``).
 
     Parameters
     ----------
@@ -595,6 +617,8 @@ def deltas(summary: dict, rows: Sequence[Mapping[str, Any]] = ()) -> dict:
         Output of :func:`summarise`.
     rows : sequence of dict
         Output of :func:`collect_rows` (every repeat): the paired differences come from them.
+    lineup : Lineup, optional
+        The subject and the arms it is set against (default: the built-in lineup).
 
     Returns
     -------
@@ -607,25 +631,29 @@ def deltas(summary: dict, rows: Sequence[Mapping[str, Any]] = ()) -> dict:
         condition of the split (``by_condition``) and of the per-repeat mean over the split's
         conditions (``aggregate``). Same data and seeds ⇒ paired; identical arms give [0, 0].
     """
+    lineup = lineup or Lineup()
+    subject = lineup.subject
     split = summary.get("aggregate_split", "test")
     out: dict[str, Any] = {
         "aggregate_split": split,
-        "definition": f"PtychoPINN mean minus other arm mean over the {split}-split conditions",
+        "definition": f"{subject} mean minus other arm mean over the {split}-split conditions",
     }
-    for other in DELTA_ARMS:
+    for other in lineup.against:
         block: dict[str, dict[str, float | None]] = {}
         for metric in DELTA_METRICS:
             block[metric] = {}
             for part in ("phase", "amplitude"):
-                mine = _mean(summary, "PtychoPINN", metric, part)
+                mine = _mean(summary, subject, metric, part)
                 theirs = _mean(summary, other, metric, part)
                 block[metric][part] = None if mine is None or theirs is None else mine - theirs
         out[f"vs_{other}"] = block
-    out["paired"] = _paired_deltas(rows, split)
+    out["paired"] = _paired_deltas(rows, split, subject)
     return out
 
 
-def _paired_deltas(rows: Sequence[Mapping[str, Any]], split: str) -> dict[str, Any]:
+def _paired_deltas(
+    rows: Sequence[Mapping[str, Any]], split: str, subject: str
+) -> dict[str, Any]:
     cells = _per_repeat(rows, split)
     models = _model_order({k[2] for k in cells})
     conds = list(dict.fromkeys((k[0], k[1]) for k in cells))
@@ -634,9 +662,9 @@ def _paired_deltas(rows: Sequence[Mapping[str, Any]], split: str) -> dict[str, A
     per_rep: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for dose, view in conds:
         key = condition_key(dose, view, split)
-        mine_all = {m: cells.get((dose, view, "PtychoPINN", m)) for m in PAIRED_METRICS}
+        mine_all = {m: cells.get((dose, view, subject, m)) for m in PAIRED_METRICS}
         for other in models:
-            if other == "PtychoPINN":
+            if other == subject:
                 continue
             block: dict[str, Any] = {}
             for metric in PAIRED_METRICS:
@@ -660,14 +688,16 @@ def _paired_deltas(rows: Sequence[Mapping[str, Any]], split: str) -> dict[str, A
         aggregate.setdefault(f"vs_{other}", {}).setdefault(metric, {})[part] = interval(means)
     return {
         "ci_method": CI_METHOD,
-        "definition": "per repeat: PtychoPINN minus the other arm on the same data and seeds; "
+        "definition": f"per repeat: {subject} minus the other arm on the same data and seeds; "
         "aggregate: per repeat, the mean of those differences over the split's conditions",
         "by_condition": by_condition,
         "aggregate": aggregate,
     }
 
 
-def verdicts(rows: Sequence[Mapping[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+def verdicts(
+    rows: Sequence[Mapping[str, Any]], split: str = "test", lineup: Lineup | None = None
+) -> list[dict[str, Any]]:
     """Which arm wins each (view, dose, metric) of ``split``, by how much, how surely.
 
     Parameters
@@ -676,43 +706,56 @@ def verdicts(rows: Sequence[Mapping[str, Any]], split: str = "test") -> list[dic
         Output of :func:`collect_rows` (every repeat).
     split : str
         The held-out split by default.
+    lineup : Lineup, optional
+        The arms' roles: only methods are candidates; the floor and the ceiling are reported
+        beside them.
 
     Returns
     -------
     list of dict
         One per view × dose × :data:`VERDICT_METRICS` entry (views, then doses ascending):
         ``view``, ``dose``, ``metric``, ``part``, ``label``, ``means`` (``{arm: mean over
-        repeats}`` of the :data:`VERDICT_ARMS` with a value), ``floor`` (Flat's mean, the
-        constant-object floor, or None), ``leader`` (best mean), ``runner_up``,
+        repeats}`` of the candidate arms with a value), ``floor`` (the floor arm's mean, the
+        constant-object floor, or None), ``ceiling`` (the ceiling arm's mean; only where the
+        run has one), ``leader`` (best mean), ``runner_up``,
         ``margin`` (mean of the per-repeat differences leader − runner-up, signed so that
         positive means the leader is better, also for lower-is-better metrics), ``ci95_low`` /
         ``ci95_high`` / ``n_repeats`` (:func:`interval` of those differences), ``tie`` (the
         interval contains 0; None with one repeat) and ``arm`` (the leader, or ``"tie"``).
         ``leader`` is None where no arm has a value; ``runner_up`` None with a single arm.
     """
+    lineup = lineup or Lineup()
     cells = _per_repeat(rows, split)
     views = list(dict.fromkeys(k[1] for k in cells))
     doses = sorted({k[0] for k in cells})
+    names = {k[2] for k in cells}
+    candidates = lineup.candidates(names)
+    floor_arm = lineup.reference("floor", names)
+    ceiling_arm = lineup.reference("ceiling", names)
     out: list[dict[str, Any]] = []
     for view in views:
         for dose in doses:
             for metric, part, label in VERDICT_METRICS:
                 lower = metric in LOWER_IS_BETTER
                 means: dict[str, float] = {}
-                for arm in VERDICT_ARMS:
+                for arm in candidates:
                     reps = cells.get((dose, view, arm, metric))
                     if reps:
                         m = interval([x[part] for x in reps.values()])["mean"]
                         if m is not None:
                             means[arm] = m
                 ranked = sorted(means, key=lambda a: (means[a] if lower else -means[a]))
-                floor = cells.get((dose, view, "Flat", metric))
+                floor = cells.get((dose, view, floor_arm, metric)) if floor_arm else None
                 v: dict[str, Any] = {
                     "view": view, "dose": dose, "metric": metric, "part": part, "label": label,
                     "means": means, "leader": ranked[0] if ranked else None,
                     "runner_up": ranked[1] if len(ranked) > 1 else None,
                     "floor": interval([x[part] for x in floor.values()])["mean"] if floor else None,
                 }
+                if ceiling_arm:
+                    top = cells.get((dose, view, ceiling_arm, metric))
+                    top_mean = interval([x[part] for x in top.values()])["mean"] if top else None
+                    v["ceiling"] = top_mean
                 st = interval([])
                 if len(ranked) > 1:
                     a = cells[(dose, view, ranked[0], metric)]
@@ -735,13 +778,16 @@ def _signed(x: Any, decimals: int) -> str:
     return f"{x:+.{decimals}f}"
 
 
-def highlights_lines(d: dict) -> list[str]:
-    """Exactly four lines: MS-SSIM and MAE deltas vs Baseline, then vs PtyChi; phase first.
+def highlights_lines(d: dict, lineup: Lineup | None = None) -> list[str]:
+    """Two lines per arm the subject is set against (default: MS-SSIM and MAE deltas vs
+    Baseline, then vs PtyChi, four lines); phase first.
 
     Parameters
     ----------
     d : dict
         Output of :func:`deltas`.
+    lineup : Lineup, optional
+        The subject and the arms it is set against (default: the built-in lineup).
 
     Returns
     -------
@@ -750,14 +796,19 @@ def highlights_lines(d: dict) -> list[str]:
         MS-SSIM with 3 decimals, MAE with 6, signed; a missing delta reads ``n/a``. No trailing
         newlines.
     """
+    lineup = lineup or Lineup()
+    labels = {
+        (other, metric): f"{_DELTA_LABELS[metric]} Δ ({lineup.subject} - {other})"
+        for other in lineup.against
+        for metric in DELTA_METRICS
+    }
+    width = max((len(x) for x in labels.values()), default=0) + 2  # the label column
     lines: list[str] = []
-    for other in DELTA_ARMS:
+    for other in lineup.against:
         block = d.get(f"vs_{other}", {}) or {}
         for metric, decimals in DELTA_METRICS.items():
             cell = block.get(metric, {}) or {}
-            label = f"{_DELTA_LABELS[metric]} Δ (PtychoPINN - {other})".ljust(
-                _HIGHLIGHT_LABEL_WIDTH
-            )
+            label = labels[(other, metric)].ljust(width)
             lines.append(
                 f"{label}: phase {_signed(cell.get('phase'), decimals)}  "
                 f"amplitude {_signed(cell.get('amplitude'), decimals)}"
@@ -845,6 +896,7 @@ def aggregate(
     conditions: list[dict],
     jobs: list[dict],
     repeats: Sequence[Mapping[str, Any]] | None = None,
+    lineup: Lineup | None = None,
 ) -> list[Path]:
     """Write the six aggregate files of ``RUN/analysis/`` atomically.
 
@@ -858,6 +910,8 @@ def aggregate(
         The compare jobs in planned order (see :func:`summarise`).
     repeats : sequence of dict, optional
         The manifest's ``repeats`` (seeds per repeat), copied into the summary.
+    lineup : Lineup, optional
+        The arms' roles and the deltas' arms (:func:`lineup_of` the manifest).
 
     Returns
     -------
@@ -868,15 +922,17 @@ def aggregate(
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir, conditions)
     summary = summarise(rows, jobs, repeats=repeats)
-    d = deltas(summary, rows)
+    d = deltas(summary, rows, lineup)
     analysis = run_dir / "analysis"
     texts = {
         "metrics_long.csv": _long_csv(rows),
         "metrics_summary.json": summary_json(summary),
         "metrics_summary.md": _markdown(summary),
         "deltas.json": summary_json(d),
-        "verdict.json": summary_json({"ci_method": CI_METHOD, "verdicts": verdicts(rows)}),
-        "highlights.txt": "\n".join(highlights_lines(d)) + "\n",
+        "verdict.json": summary_json(
+            {"ci_method": CI_METHOD, "verdicts": verdicts(rows, lineup=lineup)}
+        ),
+        "highlights.txt": "\n".join(highlights_lines(d, lineup)) + "\n",
     }
     written: list[Path] = []
     for name, text in texts.items():

@@ -33,7 +33,9 @@ repeat). Every verdict-grid cell carries ``data-view``, ``data-dose`` (``repr(fl
 from __future__ import annotations
 
 import base64
+import contextvars
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -44,28 +46,74 @@ from typing import Any
 
 import numpy as np
 
+from ptychobench.arms.registry import BUILTIN, DISPLAY_ORDER
 from ptychobench.data.io import atomic_open
 from ptychobench.study.aggregate import (
     LOWER_IS_BETTER,
     VERDICT_METRICS,
+    Lineup,
     interval,
+    lineup_of,
     mean_rows,
     verdicts,
 )
 
 __all__ = ["dose_response_plot", "headline_plot", "montage", "verdict_view", "write_report"]
 
-ARM_ORDER = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
-#: Arms drawn with solid lines and markers; anything else (the Flat floor) is dashed.
-METHOD_ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
-ARM_COLORS = {
-    "PtychoPINN": "C0",
-    "Baseline": "C1",
-    "PtyChi": "C2",
-    "PtychoPINN+LSQML": "C3",
-    "PtychoPINN+TTR": "C4",
-    "Flat": "0.45",
-}
+#: Colours of arms that bring none (plugins), in order of first appearance.
+SPARE_COLORS = ("C5", "C6", "C7", "C8", "C9", "C3", "C4")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cast:
+    """Who the run's arms are, for the figures and tables: each arm's role and colour (read
+    from the manifest's ``arms``; an arm it does not list has its registered role) and the
+    deltas' subject. Methods are drawn solid and can be "best"; references dashed, never."""
+
+    lineup: Lineup = dataclasses.field(default_factory=Lineup)
+    colors: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> _Cast:
+        arms = manifest.get("arms") if isinstance(manifest.get("arms"), dict) else {}
+        colors = {n: a["color"] for n, a in arms.items() if isinstance(a, dict) and a.get("color")}
+        if not arms:  # a run from before arms were recorded: the built-ins' own
+            colors = {n: c for n, c in describe_builtin_colors().items()}
+        spare = iter(SPARE_COLORS * 4)
+        for n in arms:
+            colors.setdefault(n, next(spare))
+        return cls(lineup_of(manifest), colors)
+
+    def method(self, arm: str) -> bool:
+        return self.lineup.role(arm) == "method"
+
+    def color(self, arm: str) -> str | None:
+        return self.colors.get(arm) or describe_builtin_colors().get(arm)
+
+    def floor(self, names: Iterable[str]) -> str | None:
+        return self.lineup.reference("floor", names)
+
+
+def describe_builtin_colors() -> dict[str, str]:
+    """The built-in arms' plot colours (``{name: matplotlib colour}``)."""
+    out = {}
+    for name, b in BUILTIN.items():
+        c = b.color or b.cls.color
+        if c:
+            out[name] = c
+    return out
+
+
+_CAST: contextvars.ContextVar[_Cast] = contextvars.ContextVar("ptychobench_report_cast")
+
+
+def _cast() -> _Cast:
+    """The cast of the run being reported (set by :func:`write_report`; the built-ins else)."""
+    try:
+        return _CAST.get()
+    except LookupError:
+        return _Cast()
+
 #: Time budgets (seconds) of the "best arm within" table.
 COST_BUDGETS = (1.0, 10.0, 100.0)
 #: Cost rows of the per-condition cost table, in column order.
@@ -131,7 +179,8 @@ def _cond_key(dose: float, view: str, split: str) -> str:
 
 def _ordered_arms(names: Iterable[str]) -> list[str]:
     names = set(names)
-    return [a for a in ARM_ORDER if a in names] + sorted(n for n in names if n not in ARM_ORDER)
+    first = [a for a in DISPLAY_ORDER if a in names]
+    return first + sorted(n for n in names if n not in DISPLAY_ORDER)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -302,8 +351,8 @@ def _dose_response(
                 pts = sorted(data[arm].items())
                 xs = [p[0] for p in pts]
                 ys = [p[1]["mean"] for p in pts]
-                solid = arm in METHOD_ARMS
-                color = ARM_COLORS.get(arm)
+                solid = _cast().method(arm)
+                color = _cast().color(arm)
                 (line,) = ax.plot(
                     xs,
                     ys,
@@ -423,7 +472,7 @@ def cost_points(rows: list[dict], run_dir: Path, key: str) -> list[tuple[str, fl
     }
     pts = []
     for arm in _ordered_arms({m for m, _ in index}):
-        if arm == "Flat":
+        if not _cast().method(arm):  # the references are levels, not costs
             continue
         sec = (index.get((arm, "computation_time_s")) or {}).get("value")
         ph = (index.get((arm, "ssim")) or {}).get("phase")
@@ -466,19 +515,23 @@ def cost_plot(run_dir: Path, rows: list[dict], conditions: list[dict], path: Pat
                     [c[0] for c in curve],
                     [c[1] for c in curve],
                     "-",
-                    color=ARM_COLORS.get(arm),
+                    color=_cast().color(arm),
                     linewidth=1.0,
                     alpha=0.7,
                 )
             for arm, sec, ph in cost_points(rows, run_dir, key):
                 if "@" in arm:
                     continue
-                (h,) = ax.plot([sec], [ph], "o", color=ARM_COLORS.get(arm), markersize=6)
+                (h,) = ax.plot([sec], [ph], "o", color=_cast().color(arm), markersize=6)
                 handles.setdefault(arm, h)
-            flat = [r.get("phase") for r in sub if r["model"] == "Flat" and r["metric"] == "ssim"]
-            if flat and isinstance(flat[0], float):
-                h = ax.axhline(flat[0], color=ARM_COLORS["Flat"], linestyle="--", linewidth=1)
-                handles.setdefault("Flat", h)
+            models = _ordered_arms({r["model"] for r in sub})
+            for ref in [m for m in models if not _cast().method(m)]:
+                level = [
+                    r.get("phase") for r in sub if r["model"] == ref and r["metric"] == "ssim"
+                ]
+                if level and isinstance(level[0], float):
+                    h = ax.axhline(level[0], color=_cast().color(ref), linestyle="--", linewidth=1)
+                    handles.setdefault(ref, h)
             if ax.lines:
                 from matplotlib.ticker import NullFormatter
 
@@ -803,7 +856,7 @@ def _summary_data(run_dir: Path, summary: Any) -> dict:
                 vals = [
                     agg[a].get(m, {}).get(f"mean_{p}")
                     for a in models
-                    if a in METHOD_ARMS and isinstance(agg[a], dict)
+                    if _cast().method(a) and isinstance(agg[a], dict)
                 ]
                 vals = [v for v in vals if isinstance(v, int | float) and math.isfinite(v)]
                 if vals:
@@ -819,7 +872,7 @@ def _summary_data(run_dir: Path, summary: Any) -> dict:
                     ns.add(st.get("n"))
                 for p in ("phase", "amplitude"):
                     v = st.get(f"mean_{p}")
-                    cls = "best" if a in METHOD_ARMS and best.get((m, p)) == v else ""
+                    cls = "best" if _cast().method(a) and best.get((m, p)) == v else ""
                     cells.append(_cell(v, cls))
             cells.append(_cell(", ".join(str(n) for n in sorted(ns, key=str)) or None))
             rows.append(cells)
@@ -901,7 +954,7 @@ def _tables_data(rows: list[dict], conds: list[tuple]) -> dict:
                 for a in arms:
                     r = index.get((k, a, metric))
                     v = r.get(p) if r else None
-                    if a in METHOD_ARMS and isinstance(v, float) and math.isfinite(v):
+                    if _cast().method(a) and isinstance(v, float) and math.isfinite(v):
                         vals.append(v)
                 if vals:
                     best[p] = max(vals) if HIGHER_IS_BETTER[metric] else min(vals)
@@ -911,7 +964,7 @@ def _tables_data(rows: list[dict], conds: list[tuple]) -> dict:
                 for p in parts:
                     v = r.get(p) if r else None
                     if isinstance(v, float):
-                        cls = "best" if a in METHOD_ARMS and best.get(p) == v else ""
+                        cls = "best" if _cast().method(a) and best.get(p) == v else ""
                         cells.append(_value_cell(v, cls, k, a, metric, p))
                     elif (k, a) in errors:
                         cells.append(_cell_dict("failed", "fail", [("title", errors[(k, a)])]))
@@ -1060,9 +1113,10 @@ def _tint(arm: str | None) -> str:
     """A light version of the arm's plot colour (grey for a tie) as ``#rrggbb``."""
     from matplotlib.colors import to_hex, to_rgb
 
-    if arm is None or arm not in ARM_COLORS:
+    color = _cast().color(arm) if arm is not None else None
+    if color is None:
         return "#eeeeee"
-    rgb = to_rgb(ARM_COLORS[arm])
+    rgb = to_rgb(color)
     return to_hex(tuple(0.35 * c + 0.65 for c in rgb))
 
 
@@ -1208,14 +1262,14 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
 
 
 def _paired_data(d: Any) -> dict:
-    """The aggregate paired differences PtychoPINN − arm with their intervals (deltas.json)."""
+    """The aggregate paired differences subject − arm with their intervals (deltas.json)."""
     agg = (d or {}).get("paired", {}).get("aggregate") if isinstance(d, dict) else None
     if not agg:
         return {"rows": []}
     cols = [("ssim", "phase"), ("ssim", "amplitude"), ("ms_ssim", "phase"), ("nrmse", "value")]
     rows = []
     for key in sorted(agg, key=lambda k: _ordered_arms([k.removeprefix("vs_")])):
-        cells = [_text_cell("PtychoPINN − " + key.removeprefix("vs_"))]
+        cells = [_text_cell(f"{_cast().lineup.subject} − " + key.removeprefix("vs_"))]
         for metric, part in cols:
             st = agg[key].get(metric, {}).get(part)
             if not st or st.get("mean") is None:
@@ -1273,10 +1327,19 @@ def write_report(run_dir: Path) -> list[Path]:
         ``analysis/quality_vs_seconds.png`` and ``analysis/report.html``, in that order.
     """
     run_dir = Path(run_dir)
-    analysis = run_dir / "analysis"
-    analysis.mkdir(parents=True, exist_ok=True)
     manifest = _read_json(run_dir / "manifest.json")
     manifest = manifest if isinstance(manifest, dict) else {}
+    token = _CAST.set(_Cast.of(manifest))
+    try:
+        return _write_report(run_dir, manifest)
+    finally:
+        _CAST.reset(token)
+
+
+def _write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    analysis = run_dir / "analysis"
+    analysis.mkdir(parents=True, exist_ok=True)
+    lineup = _cast().lineup
     jobs = manifest.get("jobs") if isinstance(manifest.get("jobs"), dict) else {}
     planned = manifest.get("planned") or []
     # Manifest order follows the plan; jobs not in the plan go last (sorted for determinism).
@@ -1298,7 +1361,7 @@ def write_report(run_dir: Path) -> list[Path]:
     import matplotlib  # noqa: F401  (fail early and clearly if plotting is unavailable)
 
     head_png = analysis / "headline_dose_response.png"
-    headline_plot(raw, head_png, cond_dicts, verdict_order(verdicts(raw))[0])
+    headline_plot(raw, head_png, cond_dicts, verdict_order(verdicts(raw, lineup=lineup))[0])
     written.append(head_png)
     dr = analysis / "dose_response.png"
     dose_response_plot(raw, dr, cond_dicts)
@@ -1343,7 +1406,7 @@ def write_report(run_dir: Path) -> list[Path]:
         ("environment", "Environment", _environment_data(manifest.get("environment")), False),
         ("failures", "Failures", _failures_data(run_dir, jobs, missing, raw), has_failures),
     ]
-    view = verdict_view(verdicts(raw), n_repeats)
+    view = verdict_view(verdicts(raw, lineup=lineup), n_repeats)
     view["plot"] = _figure(head_png, "test-split phase SSIM vs dose")
     page = _template().render(
         name=name,

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ptychobench.arms.registry import describe
 from ptychobench.data.io import atomic_open
 from ptychobench.study.design import StudyDesign, design_from_dict
 from ptychobench.study.feasibility import check_design
@@ -50,6 +51,7 @@ from ptychobench.study.jobs import (
     job_key,
     output_hashes,
     plan,
+    planned_arms,
 )
 
 __all__ = [
@@ -439,7 +441,11 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             if job.kind == "aggregate":
                 jobs = aggregate.compare_jobs_from_manifest(manifest)
                 paths = aggregate.aggregate(
-                    run_dir, manifest["conditions"], jobs, manifest.get("repeats")
+                    run_dir,
+                    manifest["conditions"],
+                    jobs,
+                    manifest.get("repeats"),
+                    aggregate.lineup_of(manifest),
                 )
             elif job.kind == "report":
                 paths = report.write_report(run_dir)
@@ -597,6 +603,7 @@ def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool
         planned=[j.id for j in jobs if j.kind != "verify"],
         conditions=conditions(design),
         repeats=design.repeat_records(),
+        arms=describe(planned_arms(design)),
         environment=environment(design),
     )
     manifest.setdefault("jobs", {})

@@ -55,6 +55,7 @@ from ptychobench.study.aggregate import (
     condition_key,
     deltas,
     highlights_lines,
+    lineup_of,
     mean_rows,
     summarise,
     summary_json,
@@ -69,8 +70,6 @@ MANIFEST = "manifest.json"
 #: Paths never inventoried: files that change after (or because of) verification, and logs.
 _EXCLUDED_FILES = frozenset({MANIFEST, INVENTORY, REPORT})
 _EXCLUDED_TOP_DIRS = frozenset({"logs", "archive"})
-#: Arms whose phase SSIM the report must show for every held-out condition.
-_REPORT_ARMS = ("PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR")
 _REL_TOL = 1e-12
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 #: How many offenders a detail lists before summarising the rest as a count.
@@ -450,8 +449,11 @@ def _check_deltas(run_dir: Path) -> Check:
     manifest = _read_manifest(run_dir)
     rows = collect_rows(run_dir, _conditions(manifest))
     wanted = {
-        "analysis/deltas.json": deltas(_recomputed(run_dir, manifest), rows),
-        "analysis/verdict.json": {"ci_method": CI_METHOD, "verdicts": verdicts(rows)},
+        "analysis/deltas.json": deltas(_recomputed(run_dir, manifest), rows, lineup_of(manifest)),
+        "analysis/verdict.json": {
+            "ci_method": CI_METHOD,
+            "verdicts": verdicts(rows, lineup=lineup_of(manifest)),
+        },
     }
     diffs = []
     for rel, doc in wanted.items():
@@ -468,7 +470,9 @@ def _check_deltas(run_dir: Path) -> Check:
 
 def _check_highlights(run_dir: Path) -> Check:
     rel = "analysis/highlights.txt"
-    expected = highlights_lines(deltas(_recomputed(run_dir, _read_manifest(run_dir))))  # means
+    manifest = _read_manifest(run_dir)
+    lineup = lineup_of(manifest)
+    expected = highlights_lines(deltas(_recomputed(run_dir, manifest), lineup=lineup), lineup)
     path = run_dir / rel
     if not path.is_file():
         return False, f"{rel}: expected the file, found none"
@@ -521,7 +525,8 @@ def _check_report(run_dir: Path) -> Check:
     parser.feed(path.read_text(encoding="utf-8"))
     parser.close()
 
-    problems = _verdict_cell_problems(rel, parser.verdict_cells, verdicts(raw))
+    lineup = lineup_of(manifest)
+    problems = _verdict_cell_problems(rel, parser.verdict_cells, verdicts(raw, lineup=lineup))
     seen: set[tuple[str, str, str, str]] = set()
     by_condition: dict[str, list[dict]] = {}
     for r in means:
@@ -566,7 +571,8 @@ def _check_report(run_dir: Path) -> Check:
         if str(cond.get("split")) != "test":
             continue
         key = condition_key(cond["dose"], cond["view"], cond["split"])
-        for model in _REPORT_ARMS:
+        # every verdict candidate of the run: the methods (the references have their own rows)
+        for model in lineup.candidates({r["model"] for r in means}):
             want = values.get((key, model, "ssim", "phase"))
             if isinstance(want, float) and (key, model, "ssim", "phase") not in seen:
                 problems.append(
