@@ -571,24 +571,26 @@ def test_resume_accepts_a_checkpoint_from_before_min_epochs_and_min_delta(tmp_pa
 
 
 def test_study_arm_settings_reach_train_config_and_job_key():
-    from ptychobench.study.design import ArmTraining, load_preset
+    from ptychobench.arms import ArmContext
+    from ptychobench.arms.builtin import NetworkSettings
+    from ptychobench.study.design import load_preset
     from ptychobench.study.jobs import job_key, plan
 
     d = load_preset("quick")
-    assert d.train_config("pinn").min_epochs == 0 and d.train_config("pinn").min_delta == 0.0
-    arm = d.pinn.model_copy(update={"min_epochs": 5, "min_delta": 1e-3})
-    d2 = d.model_copy(update={"pinn": arm})
-    tc = d2.train_config("pinn")
+    ctx = ArmContext()
+    pinn = d.arm("PtychoPINN").settings
+    assert pinn.train_config(ctx).min_epochs == 0 and pinn.train_config(ctx).min_delta == 0.0
+    d2 = d.with_arm("PtychoPINN", min_epochs=5, min_delta=1e-3)
+    tc = d2.arm("PtychoPINN").settings.train_config(ctx)
     assert (tc.min_epochs, tc.min_delta) == (5, 1e-3)
-    assert d2.train_config("baseline").min_epochs == 0
-    job = next(j for j in plan(d) if j.kind == "train_pinn")
+    assert d2.arm("Baseline").settings.train_config(ctx).min_epochs == 0
+    job = next(j for j in plan(d) if j.kind == "fit" and j.arm == "PtychoPINN")
     deps = {"view": {"data/x.npz": "a" * 64}}
     k = job_key(job, d, deps)
     for upd in ({"min_epochs": 5}, {"min_delta": 1e-3}):
-        d3 = d.model_copy(update={"pinn": d.pinn.model_copy(update=upd)})
-        assert job_key(job, d3, deps) != k
+        assert job_key(job, d.with_arm("PtychoPINN", **upd), deps) != k
     with pytest.raises(ValueError):
-        ArmTraining(min_delta=-1.0)
+        NetworkSettings(min_delta=-1.0)
 
 
 def test_no_validation_monitors_train_loss(tmp_path):

@@ -31,19 +31,22 @@ def test_presets_load_and_use_a_textured_object(name):
 
 def test_fly64_is_the_full_study():
     q, f = load_preset("quick"), load_preset("fly64")
-    assert f.pinn.epochs >= 50 and f.iterative.epochs == 100
+    fp, qp = f.arm("PtychoPINN").settings, q.arm("PtychoPINN").settings
+    assert fp.epochs >= 50 and f.arm("PtyChi").settings.epochs == 100
     assert f.simulation.object_size > q.simulation.object_size
-    assert f.pinn.epochs > q.pinn.epochs
+    assert fp.epochs > qp.epochs
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_stops_training_on_a_validation_plateau(name):
     d = load_preset(name)
-    for arm in (d.pinn, d.baseline):
+    from ptychobench.arms import ArmContext
+
+    for arm in (d.arm("PtychoPINN").settings, d.arm("Baseline").settings):
         assert arm.val_fraction > 0  # the plateau is measured on held-out groups
         assert 0 < arm.early_stopping_patience < arm.epochs
         assert arm.min_epochs < arm.epochs
-        cfg = d.train_config("pinn" if arm is d.pinn else "baseline")
+        cfg = arm.train_config(ArmContext())
         assert (cfg.early_stopping_patience, cfg.min_epochs, cfg.min_delta) == (
             arm.early_stopping_patience,
             arm.min_epochs,
@@ -71,35 +74,43 @@ def test_presets_phase_synchronise_network_patches_and_the_compare_key_says_so(n
     off = d.model_copy(update={"metrics": d.metrics.model_copy(update={"phase_sync": 0})})
     for a, b in zip(plan(d), plan(off), strict=True):
         changed = job_settings(a, d) != job_settings(b, off)
-        # only what stitches network patches re-runs: compare, the hybrids' PINN start and the
-        # half-scan reconstructions
-        assert changed == (a.kind in ("compare", "hybrid_lsqml", "ttr", "halves")), a.kind
+        # only what stitches network patches re-runs: compare and the network arms'
+        # reconstructions (the LSQML hybrid re-runs because its start, the PINN's, changed)
+        stitched = a.arm in ("PtychoPINN", "Baseline", "PtychoPINN+TTR")
+        assert changed == (a.kind == "compare" or (a.kind in ("recon", "halves") and stitched)), (
+            a.id
+        )
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_run_every_arm_and_the_hybrids_on_the_test_split_only(name):
     d = load_preset(name)
-    assert d.arms == ["PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR"]
+    assert list(d.arms)[:5] == [
+        "PtychoPINN", "Baseline", "PtyChi", "PtychoPINN+LSQML", "PtychoPINN+TTR"
+    ]
     jobs = plan(d)
-    hybrids = [j for j in jobs if j.kind in ("hybrid_lsqml", "ttr")]
+    hybrid_arms = ("PtychoPINN+LSQML", "PtychoPINN+TTR")
+    hybrids = [j for j in jobs if j.kind == "recon" and j.arm in hybrid_arms]
     assert len(hybrids) == 2 * len(d.doses) * len(d.views) * d.repeats
     assert {j.split for j in hybrids} == {"test"}
     by_id = {j.id: j for j in jobs}
-    for j in hybrids:
-        assert any(by_id[x].kind == "train_pinn" for x in j.deps)
-        cmp_ = by_id[j.id.replace(j.kind, "compare", 1)]
-        assert j.id in cmp_.deps
+    for j in hybrids:  # from the PINN: its reconstruction (LSQML) or its trained network (TTR)
+        assert any(by_id[x].arm == "PtychoPINN" for x in j.deps)
+        cmp_ = by_id[f"compare.{j.dd}.{j.view}.{j.split}"]
+        assert j.id in cmp_.deps and j.id in cmp_.soft
     # the curve of pty-chi from flat is recorded on the test split, where the hybrid runs
-    its = [j for j in jobs if j.kind == "iterative"]
+    its = [j for j in jobs if j.kind == "recon" and j.arm == "PtyChi"]
     assert all(len(j.outputs) == (2 if j.split == "test" else 1) for j in its)
 
 
 def test_a_design_without_the_hybrids_plans_what_it_did_before():
     d = load_preset("quick")
-    plain = d.model_copy(update={"arms": ["PtychoPINN", "Baseline", "PtyChi"]})
-    kinds = {j.kind for j in plan(plain)}
-    assert not kinds & {"hybrid_lsqml", "ttr"}
-    assert all(len(j.outputs) == 1 for j in plan(plain) if j.kind == "iterative")
+    doc = d.model_dump(mode="json")
+    doc["arms"] = {a: doc["arms"][a] for a in ("PtychoPINN", "Baseline", "PtyChi")}
+    plain = type(d).model_validate(doc)
+    arms = {j.arm for j in plan(plain)}
+    assert not arms & {"PtychoPINN+LSQML", "PtychoPINN+TTR"}
+    assert all(len(j.outputs) == 1 for j in plan(plain) if j.kind == "recon")
     only_ptychi = d.model_copy(update={"arms": ["PtyChi"]})
     assert not {j.kind for j in plan(only_ptychi)} & {"train_pinn", "train_baseline"}
 
@@ -109,10 +120,11 @@ def test_laptop_is_the_cpu_science_preset():
     assert lap.simulation.object == "image:camera+astronaut"
     # more training than test data, wider and longer-trained networks than quick
     assert lap.split.fraction > 0.5 > 0
-    assert lap.pinn.n_filters_scale > q.pinn.n_filters_scale
+    lp, qp = lap.arm("PtychoPINN").settings, q.arm("PtychoPINN").settings
+    assert lp.n_filters_scale > qp.n_filters_scale
     assert lap.simulation.object_size > q.simulation.object_size
     assert lap.simulation.object_size < f.simulation.object_size
-    assert lap.pinn.min_epochs > 0 and lap.pinn.min_delta > 0
+    assert lp.min_epochs > 0 and lp.min_delta > 0
     # the report states what each preset is for
     assert "smoke test" in q.description.lower()
     assert "laptop" in lap.description
@@ -196,8 +208,13 @@ def test_plan_shape_and_order():
     n_d, n_v = len(d.doses), len(d.views)
     assert kinds.count("simulate") == n_d
     assert kinds.count("view") == n_d * n_v * 2
-    assert kinds.count("train_pinn") == kinds.count("train_baseline") == n_d * n_v
-    assert kinds.count("iterative") == kinds.count("compare") == n_d * n_v * 2 == 12
+    fits = [j.arm for j in jobs if j.kind == "fit"]
+    assert fits.count("PtychoPINN") == fits.count("Baseline") == n_d * n_v == len(fits) / 2
+    recons = [j.arm for j in jobs if j.kind == "recon"]
+    assert recons.count("PtyChi") == kinds.count("compare") == n_d * n_v * 2 == 12
+    # the networks reconstruct both splits; the hybrids the test split only; Flat inline
+    assert recons.count("PtychoPINN") == 12 and recons.count("PtychoPINN+TTR") == 6
+    assert "Flat" not in recons
     assert kinds[-3:] == ["aggregate", "report", "verify"]
     seen = set()
     for j in jobs:  # topological
@@ -208,23 +225,22 @@ def test_plan_shape_and_order():
     ids = {j.id for j in jobs}
     assert len(ids) == len(jobs)
     c = next(j for j in jobs if j.id == "compare.dose_1000.dense.test")
-    assert set(c.deps) == {
-        "view.dose_1000.dense.test",
-        "train_pinn.dose_1000.dense",
-        "train_baseline.dose_1000.dense",
-        "iterative.dose_1000.dense.test",
-        "hybrid_lsqml.dose_1000.dense.test",
-        "ttr.dose_1000.dense.test",
-        "halves.dose_1000.dense.test",
+    arm_jobs = {
+        f"{p}.dose_1000.dense.test"
+        for p in ("pinn", "baseline", "iterative", "hybrid_lsqml", "ttr")
+    } | {
+        f"halves_{p}.dose_1000.dense.test"
+        for p in ("pinn", "baseline", "ptychi", "hybrid_lsqml", "ttr")
     }
+    assert set(c.deps) == {"view.dose_1000.dense.test"} | arm_jobs
+    assert set(c.soft) == arm_jobs  # an arm's failure fails its cells, not the comparison
     assert c.outputs == ("compare/dose_1000/dense/test",)
-    h = next(j for j in jobs if j.id == "halves.dose_1000.dense.test")
-    assert set(h.deps) == {
-        "view.dose_1000.dense.test",
-        "train_pinn.dose_1000.dense",
-        "train_baseline.dose_1000.dense",
-    }
-    assert kinds.count("halves") == n_d * n_v  # the test split only
+    h = next(j for j in jobs if j.id == "halves_hybrid_lsqml.dose_1000.dense.test")
+    # the hybrid's half-scans start from the PINN's half-scans, as its test run from the PINN's
+    assert set(h.deps) == {"view.dose_1000.dense.test", "halves_pinn.dose_1000.dense.test"}
+    t = next(j for j in jobs if j.id == "ttr.dose_1000.dense.test")
+    assert set(t.deps) == {"view.dose_1000.dense.test", "train_pinn.dose_1000.dense"}
+    assert kinds.count("halves") == n_d * n_v * 5  # the test split only, per method arm
     s = next(j for j in jobs if j.id == "split.dose_1000")
     assert s.outputs[2] == "data/dose_1000/heldout.npz"
     assert math.isclose(c.dose, 1000.0)

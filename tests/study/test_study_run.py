@@ -129,11 +129,11 @@ def test_job_key_tracks_settings_and_inputs():
     deps = {"view.dose_1000.dense.train": {"data/x.npz": "a" * 64}}
     k = job_key(job, d, deps)
     assert k == job_key(job, d, deps)
-    d2 = d.model_copy(update={"pinn": d.pinn.model_copy(update={"epochs": 4})})
+    d2 = d.with_arm("PtychoPINN", epochs=4)
     assert job_key(job, d2, deps) != k
     assert job_key(job, d, {"view.dose_1000.dense.train": {"data/x.npz": "b" * 64}}) != k
     # a baseline setting does not touch the PINN's key
-    d3 = d.model_copy(update={"baseline": d.baseline.model_copy(update={"epochs": 9})})
+    d3 = d.with_arm("Baseline", epochs=9)
     assert job_key(job, d3, deps) == k
 
 

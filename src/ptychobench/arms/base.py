@@ -137,6 +137,10 @@ class Arm:
     summary: ClassVar[str] = ""
     #: Cheap enough to be reconstructed inside compare (no job of its own: the floor).
     inline: ClassVar[bool] = False
+    #: The :class:`ArmContext` fields each step reads (``{"fit": (...), "reconstruct": (...)}``;
+    #: None: all of them). Only those go into its jobs' keys, so a setting of the study it does
+    #: not read (say the networks' stitching, for a solver) never re-runs it.
+    context_fields: ClassVar[dict[str, tuple[str, ...]] | None] = None
     #: Matplotlib colour (None: the report assigns one).
     color: ClassVar[str | None] = None
 
@@ -184,6 +188,12 @@ class Arm:
     def key(self) -> dict[str, Any]:
         """What determines this arm's outputs beside its data (goes into its jobs' keys)."""
         return {"type": self.type_name, "settings": self.settings.model_dump(mode="json")}
+
+    def context_key(self, ctx: ArmContext, step: str) -> dict[str, Any]:
+        """The part of ``ctx`` that determines this arm's ``step`` (``fit``/``reconstruct``)."""
+        key = ctx.key()
+        fields = (self.context_fields or {}).get(step) if self.context_fields else None
+        return key if fields is None else {k: key[k] for k in fields}
 
     def iterations(self) -> int | None:
         """The arm's iteration count, where snapshots are taken (None: it has no epochs)."""

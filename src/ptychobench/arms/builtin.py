@@ -83,9 +83,16 @@ def train_seconds(bundle: Path) -> float | None:
         return float(sum(float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds")))
 
 
+_STITCH = ("crop_size_M", "stitch_weighting", "phase_sync", "neighbor_count", "data_source")
+
+
 class _NetworkArm(Arm):
     model_kind: str = "pinn"
     Settings = NetworkSettings
+    context_fields = {
+        "fit": ("seed", "gridsize", "neighbor_count", "data_source"),
+        "reconstruct": _STITCH,
+    }
 
     def fit(self, train, artifact: Path, ctx: ArmContext, *, resume: bool = False) -> None:
         from ptychobench.fit import fit
@@ -183,6 +190,7 @@ class PtyChiArm(Arm):
     type_name = "PtyChi"
     Settings = PtyChiSettings
     snapshots = True
+    context_fields = {"reconstruct": ("solver_seed", "data_source")}
     color = "C2"
     summary = "pty-chi iterative solver, known probe fixed, flat start"
 
@@ -231,6 +239,7 @@ class CeilingSettings(ArmSettings):
 class CeilingArm(Arm):
     type_name = "Ceiling"
     Settings = CeilingSettings
+    context_fields = {"reconstruct": ("solver_seed", "data_source")}
     role = "ceiling"
     needs = Needs(truth_object=True)
     halves = False
@@ -270,6 +279,7 @@ class TTRSettings(ArmSettings):
 class TTRArm(Arm):
     type_name = "PtychoPINN+TTR"
     Settings = TTRSettings
+    context_fields = {"reconstruct": ("seed", "phase_sync", "data_source")}
     needs = Needs(train=True)
     color = "C4"
     summary = "the trained PtychoPINN fine-tuned on the test diffraction (test-time refinement)"
@@ -313,6 +323,7 @@ class FlatArm(Arm):
     needs = Needs(truth_object=True, probe=False)
     halves = False
     inline = True
+    context_fields = {"reconstruct": ()}
     color = "0.45"
     summary = "reference: a constant object at the truth's mean amplitude, zero phase (the floor)"
 

@@ -130,7 +130,7 @@ def _first_error(exc: ValidationError, arm: str) -> str:
     key = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown setting"
+        msg = "unknown key"
     if err["type"] == "missing":
         msg = "missing setting"
     where = f"arms.{arm}.{key}" if key else f"arms.{arm}"
@@ -222,13 +222,20 @@ def describe(arms: Mapping[str, Arm]) -> dict[str, dict[str, Any]]:
     }
 
 
-def legacy_tables(sections: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Any]]:
+def legacy_tables(
+    sections: Mapping[str, Mapping[str, Any] | None],
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
     """The built-ins' settings from a design's older sections (``[pinn]``, ``[baseline]``,
-    ``[iterative]``, ``[hybrid]``): ``{arm name: table}``, only for the sections given.
+    ``[iterative]``, ``[hybrid]``): ``{arm name: table}``, only for the sections given, and
+    ``{(arm, key): "section.key"}`` where each came from (errors name the key the user wrote).
 
     ``[hybrid]`` held both hybrids' settings: ``lsqml_epochs`` (with ``[iterative]``'s engine,
     batch and noise model) goes to PtychoPINN+LSQML, ``ttr_*`` to PtychoPINN+TTR.
     """
+    hyb_keys = {"lsqml_epochs", "ttr_epochs", "ttr_lr", "ttr_batch_size", "ttr_max_seconds"}
+    bad = sorted(set(sections.get("hybrid") or {}) - hyb_keys)
+    if bad:
+        raise ArmError(f"hybrid.{bad[0]}: unknown key")
     out: dict[str, dict[str, Any]] = {}
     if sections.get("pinn") is not None:
         out["PtychoPINN"] = dict(sections["pinn"])
@@ -246,4 +253,11 @@ def legacy_tables(sections: Mapping[str, Mapping[str, Any] | None]) -> dict[str,
     ttr = {k.removeprefix("ttr_"): v for k, v in hyb.items() if k.startswith("ttr_")}
     if ttr:
         out["PtychoPINN+TTR"] = ttr
-    return out
+    origin: dict[tuple[str, str], str] = {}
+    for arm, section in (("PtychoPINN", "pinn"), ("Baseline", "baseline"), ("PtyChi", "iterative")):
+        origin.update({(arm, k): f"{section}.{k}" for k in out.get(arm, {})})
+    for k in out.get("PtychoPINN+LSQML", {}):
+        origin[("PtychoPINN+LSQML", k)] = "hybrid.lsqml_epochs" if k == "epochs" else f"iterative.{k}"
+    for k in out.get("PtychoPINN+TTR", {}):
+        origin[("PtychoPINN+TTR", k)] = f"hybrid.ttr_{k}"
+    return out, origin

@@ -38,6 +38,7 @@ from ptychobench.arms import (
     Arm,
     ArmError,
     legacy_tables,
+    resolve,
     resolve_all,
 )
 from ptychobench.physics.geometry import (
@@ -326,6 +327,16 @@ class StudyDesign(_Strict):
 
     _arms: dict[str, Arm] = PrivateAttr(default_factory=dict)
 
+    def arm(self, name: str) -> Arm:
+        """The configured arm ``name`` (KeyError if the design does not run it)."""
+        return self._arms[name]
+
+    def with_arm(self, name: str, **settings: Any) -> StudyDesign:
+        """A copy with arm ``name``'s settings updated (re-validated)."""
+        doc = self.model_dump(mode="json")
+        doc["arms"] = {**doc["arms"], name: {**doc["arms"].get(name, {}), **settings}}
+        return StudyDesign.model_validate(doc)
+
     def arm_objects(self) -> dict[str, Arm]:
         """``{name: configured Arm}``: the design's arms in order, then the reference floor."""
         return dict(self._arms)
@@ -467,12 +478,27 @@ def _with_arm_tables(doc: dict[str, Any], source: str) -> dict[str, Any]:
         tables = {k: dict(v) if isinstance(v, dict) else v for k, v in names.items()}
     else:
         return doc
-    for arm, table in legacy_tables(sections).items():
+    try:
+        legacy, origin = legacy_tables(sections)
+    except ArmError as exc:
+        raise DesignError(f"{source}: {exc}") from None
+    for arm, table in legacy.items():
+        try:  # checked even for an arm the design does not run (a typo is still a typo)
+            resolve(arm, table)
+        except ArmError as exc:
+            msg = str(exc)
+            for (a, k), where in origin.items():
+                if a == arm:
+                    msg = msg.replace(f"arms.{arm}.{k}:", f"{where}:")
+            raise DesignError(f"{source}: {msg}") from None
         if arm not in tables or not isinstance(tables[arm], dict):
             continue  # a section for an arm the design does not run configures nothing
         both = sorted(set(table) & set(tables[arm]))
         if both:
-            raise DesignError(f"{source}: arms.{arm}.{both[0]}: also set in an older section")
+            raise DesignError(
+                f"{source}: arms.{arm}.{both[0]}: also set as {origin[(arm, both[0])]}; "
+                "set it in one place"
+            )
         tables[arm] = {**table, **tables[arm]}
     doc["arms"] = tables
     return doc

@@ -310,10 +310,10 @@ def job_settings(job: Job, design: StudyDesign) -> dict[str, Any]:
         return {**view, "seed": design.seeds_for(job.repeat)["grouping"]}
     if job.kind in ("fit", "recon", "halves"):
         arm = design.arm_objects()[job.arm]
+        ctx = arm_context(job, design, _job_data(job))
         out = {
             "arm": arm.key(),
-            "context": arm_context(job, design, _job_data(job)).key(),
-            "num_threads": design.num_threads,
+            "context": arm.context_key(ctx, "fit" if job.kind == "fit" else "reconstruct"),
         }
         if job.kind == "recon" and job.split == "test":
             out["snapshots"] = list(_snapshot_stops(design, arm))
@@ -695,9 +695,11 @@ def _run_compare(job: Job, design: StudyDesign, run_dir: Path, stage: Path, prog
         reference_free=free,
     )
     _write_curves(out, curve_rows, res.snapshots)
-    if res.errors:
+    # an arm whose own job failed is that job's failure (recorded there), not compare's
+    errors = {a: m for a, m in res.errors.items() if not isinstance(arms.get(a), ArmFailed)}
+    if errors:
         raise JobFailed(
-            "; ".join(f"{arm}: {msg}" for arm, msg in sorted(res.errors.items())) + f" (data {rel})"
+            "; ".join(f"{arm}: {msg}" for arm, msg in sorted(errors.items())) + f" (data {rel})"
         )
 
 
@@ -717,7 +719,7 @@ def _arm_failure(job: Job, arm, exc: Exception, run_dir: Path) -> Exception:
         jid = f"{job_prefix(arm)}.{job.dd}.{job.view}.{job.split}"
         rec = manifest.get("jobs", {}).get(jid, {})
         if rec.get("status") in ("failed", "blocked") and rec.get("error"):
-            return ArmFailed(f"{arm.name}: {rec['status']}: {rec['error']}".splitlines()[0])
+            return ArmFailed(f"job {jid} {rec['status']}: {rec['error']}".splitlines()[0])
     except (OSError, ValueError):
         pass
     return exc

@@ -576,6 +576,26 @@ def _archive(run_dir: Path) -> Path | None:
     return dest
 
 
+#: Design keys whose edit keeps a run directory's study: the arms and what is said about them
+#: (every arm job's key holds its own settings, so exactly the edited arms' jobs re-run).
+ARM_KEYS = ("arms", "deltas", "snapshot_every")
+
+
+def _only_arms_changed(before: Any, design: StudyDesign) -> bool:
+    if not isinstance(before, dict):
+        return False
+    after = design.model_dump(mode="json")
+    strip = lambda d: {k: v for k, v in d.items() if k not in ARM_KEYS}  # noqa: E731
+    if strip(before) != strip(after):
+        return False
+    changed = sorted(
+        n for n in {*before.get("arms", {}), *after["arms"]}
+        if before.get("arms", {}).get(n) != after["arms"].get(n)
+    )
+    log.info("the design's arms changed (%s): their jobs re-run by key", ", ".join(changed))
+    return True
+
+
 def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(run_dir) if not clobber else {}
@@ -583,7 +603,11 @@ def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool
         dest = _archive(run_dir)
         if dest is not None:
             log.warning("--clobber: previous outputs archived to %s", dest)
-    elif manifest and manifest.get("design_sha256") != _design_sha(design):
+    elif (
+        manifest
+        and manifest.get("design_sha256") != _design_sha(design)
+        and not _only_arms_changed(manifest.get("design"), design)
+    ):
         raise StudyError(
             f"{run_dir}: holds a different study (its manifest's design differs from this one): "
             "outputs would be stale; use --clobber to archive them, or another --out"
