@@ -227,7 +227,7 @@ def test_plan_shape_and_order():
     c = next(j for j in jobs if j.id == "compare.dose_1000.dense.test")
     arm_jobs = {
         f"{p}.dose_1000.dense.test"
-        for p in ("pinn", "baseline", "iterative", "hybrid_lsqml", "ttr")
+        for p in ("pinn", "baseline", "iterative", "hybrid_lsqml", "ttr", "ceiling")
     } | {
         f"halves_{p}.dose_1000.dense.test"
         for p in ("pinn", "baseline", "ptychi", "hybrid_lsqml", "ttr")

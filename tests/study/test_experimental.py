@@ -153,7 +153,10 @@ def test_bad_scan_files_are_refused_in_one_line_exit_2_nothing_written(tmp_path)
 @pytest.mark.parametrize(
     "change, needle",
     [
-        ('arms = ["PtychoPINN", "Baseline", "PtyChi"]', "Baseline trains on ground-truth patches"),
+        (
+            'arms = ["PtychoPINN", "Baseline", "PtyChi"]',
+            "arms.Baseline: it trains on ground-truth patches",
+        ),
         ("doses = [1e3]", "a [data] study has one dose, the data's own"),
         ("[simulation]\nN = 32", "give [data] (a scan file) or [simulation], not both"),
     ],

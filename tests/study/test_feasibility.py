@@ -164,8 +164,9 @@ def test_a_broken_job_reads_in_at_most_five_short_lines(tmp_path):
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     assert 1 <= len(lines) <= 5 and max(len(line) for line in lines) <= 300, lines
     errors = [line for line in lines if line.startswith("error: ")]
-    # the sparse test view; its pty-chi, half-scans and comparison blocked, the rest ran
-    assert errors[0].startswith("error: 1 job(s) failed, 3 blocked; ")
+    # the sparse test view; the three arms' reconstructions and half-scans of it and its
+    # comparison blocked (3 + 3 + 1), the rest ran
+    assert errors[0].startswith("error: 1 job(s) failed, 7 blocked; ")
     assert "blocked; first: view.dose_1000.sparse.test: ValueError: n_groups" in errors[0]
     assert any(line.startswith("error: its log: ") and "logs/view." in line for line in errors)
     assert errors[-1].startswith("error: every job's status and error: ")

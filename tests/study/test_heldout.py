@@ -136,9 +136,11 @@ def test_poisoned_heldout_patterns_change_no_reconstruction(runs):
     assert {
         "iterative/dose_10000/dense/train/recon.npz",
         "iterative/dose_10000/dense/test/recon.npz",
-        "hybrid/dose_10000/dense/test/lsqml/recon.npz",
-        "hybrid/dose_10000/dense/test/ttr/recon.npz",
-        "halves/dose_10000/dense/test/halves.npz",
+        "arms/hybrid_lsqml/dose_10000/dense/test/recon.npz",
+        "arms/ttr/dose_10000/dense/test/recon.npz",
+        "arms/pinn/dose_10000/dense/test/recon.npz",
+        "halves/dose_10000/dense/test/pinn.npz",
+        "halves/dose_10000/dense/test/ptychi.npz",
         "compare/dose_10000/dense/test/reconstructions.npz",
     } <= compared, sorted(compared)
 

@@ -196,7 +196,7 @@ def test_repeat_seeds_differ_are_derived_and_keep_the_object():
     assert sim0["scan_seed"] is None and sim2["scan_seed"] == seeds[2]["scan"]
     assert sim2["seed"] == sim0["seed"] == 5 and sim2["noise_seed"] != sim0["noise_seed"]
     tr = job_settings(jobs["train_pinn.dose_1000_r1.dense"], d)
-    assert tr["train"]["seed"] == seeds[1]["training"]
+    assert tr["context"]["seed"] == seeds[1]["training"]
     assert job_settings(jobs["view.dose_1000_r1.dense.test"], d)["seed"] == seeds[1]["grouping"]
 
 

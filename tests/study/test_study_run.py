@@ -332,7 +332,10 @@ def test_other_design_in_same_dir_needs_clobber(reference_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
-    other = TINY.replace("epochs = 8", "epochs = 9")
+    # another object is another study (an edit of the arms alone keeps it: see
+    # test_arm_isolation.py::test_fixing_the_arm_reruns_only_its_jobs)
+    other = TINY.replace("object_size = 80", "object_size = 88")
+    assert other != TINY
     cfg = tmp_path / "other.toml"
     cfg.write_text(other)
     p = _cli(
@@ -369,10 +372,14 @@ def test_other_design_in_same_dir_needs_clobber(reference_run, tmp_path):
 def test_failed_job_blocks_only_its_dependants(tmp_path, monkeypatch):
     from ptychobench.study import jobs as jobs_mod
 
-    def broken(job, design, run_dir, stage, progress):
-        raise RuntimeError("synthetic failure for the test")
+    fit = jobs_mod.BODIES["fit"]
 
-    monkeypatch.setitem(jobs_mod.BODIES, "train_baseline", broken)
+    def broken(job, design, run_dir, stage, progress):
+        if job.arm == "Baseline":
+            raise RuntimeError("synthetic failure for the test")
+        return fit(job, design, run_dir, stage, progress)
+
+    monkeypatch.setitem(jobs_mod.BODIES, "fit", broken)
     d = _design()
     run = tmp_path / "run"
     res = run_study(
@@ -380,13 +387,20 @@ def test_failed_job_blocks_only_its_dependants(tmp_path, monkeypatch):
     )
     assert not res.ok
     assert res.failed == ["train_baseline.dose_1000.sparse"]
+    # the Baseline's own reconstructions are blocked; the comparisons still score the others
     assert set(res.blocked) == {
-        "compare.dose_1000.sparse.train",
-        "compare.dose_1000.sparse.test",
-        "halves.dose_1000.sparse.test",  # every arm's half-scans, the Baseline's among them
+        "baseline.dose_1000.sparse.train",
+        "baseline.dose_1000.sparse.test",
+        "halves_baseline.dose_1000.sparse.test",
     }
     # independent jobs still ran
     assert "iterative.dose_1000.sparse.test" in res.ran and "train_pinn.dose_1000.sparse" in res.ran
+    assert {"compare.dose_1000.sparse.train", "compare.dose_1000.sparse.test"} <= set(res.ran)
+    cmp_csv = run / "compare/dose_1000/sparse/test/comparison_metrics.csv"
+    rows = cmp_csv.read_text().splitlines()
+    err = [r for r in rows if r.startswith("Baseline,error,")]
+    assert len(err) == 1 and "train_baseline.dose_1000.sparse" in err[0]  # the reason, named
+    assert any(r.startswith("PtyChi,ssim,") for r in rows)
     man = json.loads((run / "manifest.json").read_text())
     rec = man["jobs"]["train_baseline.dose_1000.sparse"]
     assert rec["status"] == "failed" and "synthetic failure" in rec["error"]
@@ -412,3 +426,19 @@ def test_bad_filter_writes_nothing(tmp_path):
     with pytest.raises(StudyError, match=r"--only view: expected one of \['dense', 'sparse'\]"):
         run_study(_design(), run, design_text=TINY, only={"view": "wide"}, progress=False)
     assert not run.exists()
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden_tiny"
+
+
+@pytest.mark.parametrize(
+    "name", ["metrics_summary.json", "deltas.json", "verdict.json", "highlights.txt"]
+)
+def test_the_arm_port_changed_no_number(reference_run, name):
+    """The tiny design's summary, deltas, verdicts and highlights, byte for byte as the study
+    wrote them before its five arms moved behind ptychobench.arms (commit 84e45fe, CPU).
+
+    Same config ⇒ same bytes on CPU: a change here is a change of the science, to be made on
+    purpose (regenerate the files with the study and say why in the commit)."""
+    got = (reference_run / "analysis" / name).read_bytes()
+    assert got == (GOLDEN / name).read_bytes(), f"{name} differs from {GOLDEN / name}"

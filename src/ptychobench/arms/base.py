@@ -9,6 +9,11 @@ Reconstruction`) with its costs in the metadata (``train_s``, ``infer_s``, ``ref
 PtychoPINN+LSQML is the PtyChi solver started from PtychoPINN) and record convergence snapshots
 for the quality-vs-seconds curves.
 
+What an arm is handed: the dataset of its split with the truth removed (``objectGuess`` and
+``Y`` are None unless its :class:`Needs` say otherwise; ``frame_shape`` still gives the object
+frame); ``probeGuess`` in the data's probe units (:func:`ptychobench.data.dataset.photon_probe`
+puts it on the photon scale, expected counts = |FFT_ortho(s·P·O)|²).
+
 The study learns about arms only through this module's :class:`Arm` and the registry
 (:mod:`ptychobench.arms.registry`); it never names one. Reconstruction methods live in the layers
 below (``ptychobench.iterative``, ``infer``, ``refine``, ``fit``); an arm adapts one of them.
@@ -196,7 +201,10 @@ class Arm:
         return key if fields is None else {k: key[k] for k in fields}
 
     def iterations(self) -> int | None:
-        """The arm's iteration count, where snapshots are taken (None: it has no epochs)."""
+        """The arm's iteration count, where snapshots are taken (None: it has no epochs).
+
+        Reads ``settings.epochs``; an arm that counts otherwise (and sets ``snapshots``)
+        overrides this."""
         return getattr(self.settings, "epochs", None)
 
     def recon_dir(self, dd: str, view: str, split: str) -> str:

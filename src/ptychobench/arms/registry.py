@@ -257,7 +257,8 @@ def legacy_tables(
     for arm, section in (("PtychoPINN", "pinn"), ("Baseline", "baseline"), ("PtyChi", "iterative")):
         origin.update({(arm, k): f"{section}.{k}" for k in out.get(arm, {})})
     for k in out.get("PtychoPINN+LSQML", {}):
-        origin[("PtychoPINN+LSQML", k)] = "hybrid.lsqml_epochs" if k == "epochs" else f"iterative.{k}"
+        where = "hybrid.lsqml_epochs" if k == "epochs" else f"iterative.{k}"
+        origin[("PtychoPINN+LSQML", k)] = where
     for k in out.get("PtychoPINN+TTR", {}):
         origin[("PtychoPINN+TTR", k)] = f"hybrid.ttr_{k}"
     return out, origin
