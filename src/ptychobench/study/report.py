@@ -1215,7 +1215,9 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
                     )
                 means = ", ".join(f"{a} {x:.4g}" for a, x in v["means"].items())
                 if v.get("floor") is not None:
-                    means += f"; Flat {v['floor']:.4g}"
+                    means += f"; floor {v['floor']:.4g}"
+                if v.get("ceiling") is not None:
+                    means += f"; ceiling {v['ceiling']:.4g}"
                 cells.append(
                     {
                         "view": view,
@@ -1283,7 +1285,8 @@ def _paired_data(d: Any) -> dict:
                     )
                 )
         rows.append(cells)
-    return {"header": ["difference"] + [f"{m} {p}" for m, p in cols], "rows": rows}
+    header = ["difference"] + [f"{m} {p}" for m, p in cols]
+    return {"header": header, "rows": rows, "subject": _cast().lineup.subject}
 
 
 def _environment():
@@ -1391,6 +1394,7 @@ def _write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     # (id = the name of the section's macro in _macros.html.j2, title, its data, open)
     sections = [
         ("summary", "Summary over the test split", _summary_data(run_dir, summary), True),
+        ("bracket", "Between floor and ceiling", _bracket_data(rows, conds), True),
         ("cost", "Quality per second", _cost_data(run_dir, rows, conds, cost_png), True),
         (
             "plots",
@@ -1423,3 +1427,41 @@ def _write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
         fh.write(page)
     written.append(out)
     return written
+
+
+def _bracket_data(rows: list[dict], conds: list[tuple[float, str, str]]) -> dict[str, Any]:
+    """Each method's place between the floor and the ceiling on the headline metric (test-split
+    phase SSIM): its share (arm − floor) / (ceiling − floor) per condition, 0 % at the floor and
+    100 % at what the data permit. Empty without both references."""
+    index = {
+        (_cond_key(r["dose"], r["view"], r["split"]), r["model"]): r.get("phase")
+        for r in rows
+        if r["metric"] == "ssim"
+    }
+    tests = [c for c in conds if c[2] == "test"]
+    names = {m for _, m in index}
+    floor, ceiling = _cast().floor(names), _cast().lineup.reference("ceiling", names)
+    if floor is None or ceiling is None or not tests:
+        return {"rows": [], "floor": floor, "ceiling": ceiling}
+    header = ["arm"] + [f"{_dose_words(d)} {v}" for d, v, _ in tests]
+    levels = []
+    for ref in (floor, ceiling):
+        cells = [_text_cell(f"{ref} (phase SSIM)")]
+        for d, v, s in tests:
+            x = index.get((_cond_key(d, v, s), ref))
+            cells.append(_cell(x) if isinstance(x, float) else _na_cell())
+        levels.append(cells)
+    body = []
+    for arm in [a for a in _ordered_arms(names) if _cast().method(a)]:
+        cells = [_text_cell(arm)]
+        for d, v, s in tests:
+            k = _cond_key(d, v, s)
+            x, lo, hi = index.get((k, arm)), index.get((k, floor)), index.get((k, ceiling))
+            if not all(isinstance(t, float) and math.isfinite(t) for t in (x, lo, hi)) or hi <= lo:
+                cells.append(_na_cell())
+                continue
+            share = (x - lo) / (hi - lo)
+            cls = "bad" if share > 1.0 else ""  # above the ceiling: the reference is too weak
+            cells.append(_cell_dict(f"{100 * share:.0f} %", cls, [("data-share", repr(share))]))
+        body.append(cells)
+    return {"header": header, "rows": levels + body, "floor": floor, "ceiling": ceiling}
