@@ -190,3 +190,15 @@ def test_probe_less_scan_needs_data_probe_and_takes_it(files, tmp_path):
     design = design_from_dict(doc, source="measured", base_dir=tmp_path)
     assert design.data.probe == str(tmp_path / "probe.npz")
     np.testing.assert_array_equal(design.data.load().probeGuess, probe)
+
+
+def test_the_ceiling_is_absent_in_experimental_mode(files):
+    from ptychobench.study.jobs import plan, planned_arms
+
+    design, _ = _design(files, "truth.npz")
+    with_ceiling = design.with_arm("Ceiling")
+    assert "Ceiling" in with_ceiling.arm_objects()
+    # a scan file's "truth" is no simulation's: the ceiling needs a known object, the floor
+    # (inline in compare) only where the file has one
+    assert "Ceiling" not in planned_arms(with_ceiling) and "Flat" in planned_arms(with_ceiling)
+    assert not any(j.arm == "Ceiling" for j in plan(with_ceiling))

@@ -225,7 +225,10 @@ class PtyChiArm(Arm):
 
 
 class CeilingSettings(ArmSettings):
-    """LSQML from the true object, known probe fixed: what these data permit (a reference)."""
+    """LSQML from the true object, known probe fixed: what these data permit (a reference).
+
+    An upper reference, not an achievable target: where the data constrain a pixel weakly (the
+    gaps of a sparse scan) the solver leaves it near the truth it started from."""
 
     engine: Literal["lsqml", "epie", "dm"] = "lsqml"
     epochs: int = Field(
@@ -244,6 +247,10 @@ class CeilingArm(Arm):
     needs = Needs(truth_object=True)
     halves = False
     color = "0.2"
+
+    @property
+    def test_only(self) -> bool:  # the verdicts' cells are the test split's
+        return True
     summary = (
         "reference: pty-chi started from the true object (known probe): what the data permit, "
         "never a candidate"

@@ -327,13 +327,21 @@ class StudyDesign(_Strict):
 
     _arms: dict[str, Arm] = PrivateAttr(default_factory=dict)
 
+    def document(self) -> dict[str, Any]:
+        """The design as a JSON-able document that validates back to it (a [data] study has
+        no [simulation]): what Dask workers and :meth:`with_arm` rebuild it from."""
+        doc = self.model_dump(mode="json")
+        if self.data is not None:
+            doc.pop("simulation")
+        return doc
+
     def arm(self, name: str) -> Arm:
         """The configured arm ``name`` (KeyError if the design does not run it)."""
         return self._arms[name]
 
     def with_arm(self, name: str, **settings: Any) -> StudyDesign:
         """A copy with arm ``name``'s settings updated (re-validated)."""
-        doc = self.model_dump(mode="json")
+        doc = self.document()
         doc["arms"] = {**doc["arms"], name: {**doc["arms"].get(name, {}), **settings}}
         return StudyDesign.model_validate(doc)
 

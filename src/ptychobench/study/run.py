@@ -702,7 +702,7 @@ def _dask(
         )
         client = Client(cluster)
     try:
-        doc = design.model_dump(mode="json")
+        doc = design.document()
         futures: dict[str, Any] = {}
         by_future = {}
         for job in jobs:
