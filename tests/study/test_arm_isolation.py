@@ -234,3 +234,33 @@ def test_design_errors_name_the_arm_and_the_legacy_key(tmp_path):
     cfg.write_text('[arms.PtychoPINN]\nepochs = 4\n[pinn]\nepochs = 3\n')
     with pytest.raises(DesignError, match=r"arms\.PtychoPINN\.epochs: also set as pinn\.epochs"):
         load_design(cfg)
+
+
+def test_only_one_arm_selects_its_jobs_and_the_comparisons(runs):
+    from ptychobench.study.jobs import plan
+    from ptychobench.study.run import StudyError, parse_only, select
+
+    base, _, _ = runs
+    d = load_design(base / "good.toml")
+    jobs = select(plan(d), parse_only("arm=Ramp"), d)
+    arms = {j.arm for j in jobs}
+    assert arms == {None, "Ramp"}  # data, views, compare; no PtyChi job
+    assert {j.kind for j in jobs} >= {"simulate", "view", "recon", "compare"}
+    with pytest.raises(StudyError, match="--only arm: expected one of"):
+        select(plan(d), {"arm": "Nope"}, d)
+
+
+def test_an_arm_that_needs_a_gpu_is_refused_on_a_cpu_design(monkeypatch, tmp_path):
+    from ptychobench.arms import Needs
+    from ptychobench.study.feasibility import check_design
+
+    class GpuArm(BoomArm):
+        type_name = "Gpu"
+        needs = Needs(gpu=True)
+
+    monkeypatch.setitem(reg._BUILTIN_TYPES, "Gpu", GpuArm)
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(HEAD + '[arms.Fast]\ntype = "Gpu"\n')
+    msg = r'arms\.Fast: needs a GPU; the design says device = "cpu"'
+    with pytest.raises(DesignError, match=msg):
+        check_design(load_design(cfg))

@@ -82,6 +82,19 @@ class Feasibility:
         return out + [f"warning: {w}" for w in self.warnings]
 
 
+def _check_arm_needs(design: StudyDesign) -> None:
+    """An arm that needs a GPU on a design or machine without one is refused before any job."""
+    import torch
+
+    for name, arm in design.arm_objects().items():
+        if not arm.needs.gpu:
+            continue
+        if design.device == "cpu":
+            raise DesignError(f"arms.{name}: needs a GPU; the design says device = \"cpu\"")
+        if not torch.cuda.is_available():
+            raise DesignError(f"arms.{name}: needs a GPU; this machine has no CUDA device")
+
+
 def check_design(design: StudyDesign) -> Feasibility:
     """Count positions, split halves, kept positions and groups of every view and repeat.
 
@@ -90,6 +103,7 @@ def check_design(design: StudyDesign) -> Feasibility:
     DesignError
         One line naming the design key and the numbers, when the design cannot run.
     """
+    _check_arm_needs(design)
     if design.experimental:
         measured, shape, diameter = _measured(design)
     else:

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ptychobench-study-manifest/1"
-ONLY_KEYS = ("dose", "view", "split", "repeat")
+ONLY_KEYS = ("dose", "view", "split", "repeat", "arm")
 
 
 class StudyError(ValueError):
@@ -225,6 +225,10 @@ def select(jobs: list[Job], only: dict[str, Any], design: StudyDesign) -> list[J
             f"--only repeat: expected 0 to {design.repeats - 1} (repeats = {design.repeats}), "
             f"found {only['repeat']}"
         )
+    if "arm" in only and only["arm"] not in design.arm_objects():
+        raise StudyError(
+            f"--only arm: expected one of {list(design.arm_objects())}, found {only['arm']!r}"
+        )
     if "split" in only and only["split"] not in ("train", "test"):
         raise StudyError(f"--only split: expected train or test, found {only['split']!r}")
     by_id = {j.id: j for j in jobs}
@@ -235,7 +239,10 @@ def select(jobs: list[Job], only: dict[str, Any], design: StudyDesign) -> list[J
     }
     stack = list(wanted)
     while stack:
-        for d in by_id[stack.pop()].deps:
+        job = by_id[stack.pop()]
+        for d in job.deps:
+            if "arm" in only and d in job.soft:
+                continue  # one arm: the comparisons read the others' outputs as they are
             if d not in wanted:
                 wanted.add(d)
                 stack.append(d)
