@@ -38,6 +38,8 @@ if mode == "nan":
     obj[3, 3] = np.nan
 if mode == "shape":
     obj = obj[:-2]
+if mode == "zeros":
+    obj[:] = 0
 meta = {"algorithm": "ramp", "truth_seen": ds.objectGuess is not None or ds.Y is not None}
 np.savez(out, reconstructed_object=obj, coverage=np.ones(obj.shape, np.float32),
          metadata=np.array(json.dumps(meta)))
@@ -107,6 +109,7 @@ def runs(solver, tmp_path_factory):
             ("Hangs", "sleep", "timeout_s = 2\n"),
             ("NaN", "nan", ""),
             ("Shape", "shape", ""),
+            ("Zeros", "zeros", ""),
         )
     ) + "[arms.Boom]\ntype = \"Boom\"\n"
     (base / "broken.toml").write_text(broken)
@@ -125,7 +128,8 @@ def test_a_broken_arm_fails_only_its_own_cells(runs):
     assert r_good.ok, r_good.errors
     failed = set(r_bad.failed)
     assert failed and all(j.split(".")[0] in
-                          ("arm_exits", "arm_hangs", "arm_nan", "arm_shape", "arm_boom")
+                          ("arm_exits", "arm_hangs", "arm_nan", "arm_shape", "arm_zeros",
+                           "arm_boom")
                           for j in failed), failed
     assert not r_bad.blocked
     # every failure is one line naming its arm and the reason
@@ -135,6 +139,7 @@ def test_a_broken_arm_fails_only_its_own_cells(runs):
         "arm_hangs": "Hangs: reconstruct command ran past timeout_s = 2 s",
         "arm_nan": "NaN: reconstruction has non-finite values",
         "arm_shape": "Shape: {out}: key 'reconstructed_object': expected shape (80, 80)",
+        "arm_zeros": "Zeros: reconstruction is all zeros",
         "arm_boom": "Boom: index out of range",
     }
     for j, msg in reasons.items():
@@ -143,7 +148,7 @@ def test_a_broken_arm_fails_only_its_own_cells(runs):
     good, bad = _rows(base / "good"), _rows(base / "broken")
     for key, rows in good.items():
         assert bad[key] == rows, key
-    for name in ("Exits", "Hangs", "NaN", "Shape", "Boom"):
+    for name in ("Exits", "Hangs", "NaN", "Shape", "Zeros", "Boom"):
         errs = [r for (c, m), rs in bad.items() if m == name for r in rs if r["metric"] == "error"]
         assert len(errs) == 2  # both splits: the cell is marked failed, with the reason
     # the run is still verified: the failures are explained, the rest checks out
@@ -179,7 +184,7 @@ def test_fixing_the_arm_reruns_only_its_jobs(runs, solver):
     ran = {j.split(".")[0] for j in res.ran}
     assert ran == {"arm_exits", "compare", "aggregate", "report", "verify"}, res.ran
     assert {j.split(".")[0] for j in res.failed} == {"arm_hangs", "arm_nan", "arm_shape",
-                                                    "arm_boom"}
+                                                    "arm_zeros", "arm_boom"}
 
 
 @pytest.mark.parametrize(
