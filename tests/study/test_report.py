@@ -688,3 +688,26 @@ def test_frc_cut_offs_are_given_in_nm_when_the_data_carry_a_geometry(tmp_path):
     # 0.25 cycles/px → a 4-pixel period = 234.8 nm; 0.5 → 117.4 nm; 0.02 → 2935 nm
     assert cells[:5] == ["PtyChi", "0.25", "234.8", "0.5", "117.4"]
     assert cells[5] == "Flat" and cells[8:] == ["0.02", "2935"]
+
+
+@pytest.mark.parametrize(
+    "metric, best, floor, words",
+    [
+        ("ssim", 0.135, 0.137, "below the constant-object floor (X 0.135 vs the floor 0.137)"),
+        ("nrmse", 0.92, 0.90, "worse than the constant-object floor (X 0.920 vs the floor 0.900)"),
+    ],
+)
+def test_a_best_arm_below_the_floor_is_said_arm_first(metric, best, floor, words):
+    from ptychobench.study.report import _verdict_phrase
+
+    v = {
+        "dose": 1000.0, "metric": metric, "part": "phase", "leader": "X", "runner_up": "Y",
+        "margin": 0.004, "ci95_low": None, "ci95_high": None, "tie": None,
+        "means": {"X": best, "Y": best - 0.004 if metric == "ssim" else best + 0.004},
+        "floor": floor,
+    }
+    text = _verdict_phrase(v)
+    assert text.endswith(words), text
+    # above the floor nothing is added
+    v["floor"] = best - 0.1 if metric == "ssim" else best + 0.1
+    assert "floor" not in _verdict_phrase(v)

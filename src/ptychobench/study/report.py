@@ -1148,7 +1148,11 @@ def _verdict_phrase(v: dict[str, Any], d: int = 3) -> str:
     best, floor = v["means"][v["leader"]], v.get("floor")
     lower = v["metric"] in LOWER_IS_BETTER
     if floor is not None and (best > floor if lower else best < floor):
-        text += f", and still below the constant-object floor ({floor:.{d}f} vs {best:.{d}f})"
+        # the arm's number first, then the floor's: "X (a) vs the floor (f)"
+        text += (
+            f", and still {'worse than' if lower else 'below'} the constant-object floor "
+            f"({v['leader']} {best:.{d}f} vs the floor {floor:.{d}f})"
+        )
     return text
 
 
