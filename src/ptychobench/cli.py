@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ptychobench.defaults import DEFAULT_PHASE_SYNC
+
 app = typer.Typer(
     name="ptychobench",
     help="Which ptychographic reconstruction method works best at which dose and overlap.",
@@ -561,9 +563,10 @@ def infer(
         int,
         typer.Option(
             "--phase-sync",
-            help="Iterations of phase synchronisation of the patches before stitching (0 = off).",
+            help="Iterations of phase synchronisation of the patches before stitching, as the "
+            "study does (0 = off: the ablation).",
         ),
-    ] = 0,
+    ] = DEFAULT_PHASE_SYNC,
     fast: Annotated[
         bool,
         typer.Option(
@@ -637,7 +640,7 @@ def refine(
     ] = None,
     phase_sync: Annotated[
         int, typer.Option("--phase-sync", help="Synchronisation iterations for the offsets.")
-    ] = 20,
+    ] = DEFAULT_PHASE_SYNC,
     seed: Annotated[int, typer.Option("--seed", help="Batch order.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
 ) -> None:
@@ -721,9 +724,10 @@ def compare(
         int,
         typer.Option(
             "--phase-sync",
-            help="Iterations of phase synchronisation of the patches before stitching (0 = off).",
+            help="Iterations of phase synchronisation of the patches before stitching, as the "
+            "study does (0 = off: the ablation).",
         ),
-    ] = 0,
+    ] = DEFAULT_PHASE_SYNC,
     ms_ssim_sigma: Annotated[
         float, typer.Option("--ms-ssim-sigma", help="Amplitude smoothing before MS-SSIM (px).")
     ] = 1.0,

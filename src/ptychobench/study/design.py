@@ -41,6 +41,7 @@ from ptychobench.arms import (
     resolve,
     resolve_all,
 )
+from ptychobench.defaults import DEFAULT_PHASE_SYNC
 from ptychobench.physics.geometry import (
     DEFAULT_DETECTOR_DISTANCE_M,
     DEFAULT_DETECTOR_PIXEL_M,
@@ -190,7 +191,7 @@ class MetricsSpec(_Strict):
         "probe (|P|²/max|P|² on the decoder's N/2 window; M then only sets the scored region)",
     )
     phase_sync: int = Field(
-        0,
+        DEFAULT_PHASE_SYNC,
         ge=0,
         le=1000,
         description="iterations of phase synchronisation of network patches before stitching "
