@@ -40,6 +40,9 @@ epochs = 4
 lsqml_epochs = 2
 snapshot_every = 1
 ttr_epochs = 1
+
+[metrics]
+phase_sync = 0  # the value these tests were written at (the default is 20)
 """
 FREE = ("heldout_nll_rel", "halfscan_frc_halfbit", "halfscan_frc1over7")
 

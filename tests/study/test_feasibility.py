@@ -48,6 +48,9 @@ loss = "mae"
 
 [iterative]
 epochs = 2
+
+[metrics]
+phase_sync = 0  # the value these tests were written at (the default is 20)
 """
 
 

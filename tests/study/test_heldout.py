@@ -49,6 +49,9 @@ epochs = 3
 lsqml_epochs = 2
 snapshot_every = 1
 ttr_epochs = 1
+
+[metrics]
+phase_sync = 0  # the value these tests were written at (the default is 20)
 """
 
 

@@ -252,6 +252,9 @@ loss = "mae"
 
 [iterative]
 epochs = 6
+
+[metrics]
+phase_sync = 0  # the value these tests were written at (the default is 20)
 """
 
 
