@@ -189,3 +189,37 @@ def test_bad_parameters_rejected() -> None:
         disk(64, diameter_px=100.0)
     with pytest.raises(ValueError, match="blur_px"):
         disk(64, blur_px=-1.0)
+
+
+def _outside(probe: np.ndarray, radius: float) -> float:
+    """Fraction of the intensity beyond ``radius`` px from pixel (N//2, N//2)."""
+    N = probe.shape[0]
+    y, x = np.indices(probe.shape)
+    inten = np.abs(probe) ** 2
+    return float(inten[np.hypot(x - N // 2, y - N // 2) > radius].sum() / inten.sum())
+
+
+@pytest.mark.parametrize("N", [64, 128])
+def test_kb_is_wide_tailed_separable_and_centred(N: int) -> None:
+    probe = make_probe("kb", N)
+    assert probe.shape == (N, N) and probe.dtype == np.complex64
+    assert probe[N // 2, N // 2] == 1.0 + 0.0j  # the peak, on the scan position's pixel
+    # tails: a sixth of the intensity lies beyond N/4 (fly64's taper leaves none there) and the
+    # window edge is still lit, which is what makes it the yardstick's hard case
+    assert 0.10 < _outside(probe, N / 4) < 0.25
+    assert _outside(fly64(N), N / 4) == 0.0
+    assert np.abs(probe[0]).max() > 1e-2
+    # two mirrors: a rank-one field, a different focus per axis
+    s = np.linalg.svd(probe.astype(np.complex128), compute_uv=False)
+    assert s[1] / s[0] < 1e-5
+    inten = np.abs(probe) ** 2
+    assert inten[:, N // 2].sum() > 1.5 * inten[N // 2, :].sum()  # the shorter pupil: wider in y
+    info = probe_info(probe)
+    assert info.effective_diameter_px > 1.4 * probe_info(fly64(N)).effective_diameter_px
+
+
+def test_kb_scales_with_n_and_is_deterministic() -> None:
+    a, b = probe_info(make_probe("kb", 64)), probe_info(make_probe("kb", 128))
+    assert b.fwhm_px / a.fwhm_px == pytest.approx(2.0, rel=0.03)
+    assert b.effective_diameter_px / a.effective_diameter_px == pytest.approx(2.0, rel=0.03)
+    np.testing.assert_array_equal(make_probe("kb", 64), make_probe("KB", 64))

@@ -109,7 +109,7 @@ def simulate(
         1.5707963267948966
     ),
     probe: Annotated[
-        str, typer.Option("--probe", help="fly64 | gaussian | disk | FILE.")
+        str, typer.Option("--probe", help="fly64 | gaussian | disk | kb | FILE.")
     ] = "fly64",
     scan: Annotated[str, typer.Option("--scan", help="random | raster | fermat.")] = "raster",
     step_px: Annotated[

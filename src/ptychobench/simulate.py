@@ -65,7 +65,7 @@ class SimulationConfig(BaseModel):
     object_size: int = Field(256, ge=16, description="object side (px) for generated objects")
     a_min: float = Field(0.5, ge=0.0, lt=1.0, description="minimum object amplitude")
     phi_max: float = Field(math.pi / 2, gt=0.0, le=math.pi, description="phase range ±phi_max")
-    probe: str = Field("fly64", description="fly64 | gaussian | disk | path to .npz/.cxi")
+    probe: str = Field("fly64", description="fly64 | gaussian | disk | kb | path to .npz/.cxi")
     scan: Literal["random", "raster", "fermat"] = "raster"
     step_px: float | None = Field(None, gt=0.0)
     overlap: float | None = Field(None, ge=0.0, lt=1.0)
@@ -124,7 +124,7 @@ def _is_path(name: str) -> bool:
 
 
 def resolve_probe(name: str, N: int) -> np.ndarray:
-    """(N, N) complex64 probe by name (fly64, gaussian, disk) or from an NPZ/CXI file."""
+    """(N, N) complex64 probe by name (fly64, gaussian, disk, kb) or from an NPZ/CXI file."""
     if _is_path(name):
         from ptychobench.data.io import load_probe
 

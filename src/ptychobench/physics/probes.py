@@ -36,12 +36,13 @@ __all__ = [
     "disk",
     "fly64",
     "gaussian",
+    "kb",
     "make_probe",
     "probe_info",
 ]
 
 #: Names accepted by :func:`make_probe`.
-PROBE_NAMES: tuple[str, ...] = ("fly64", "gaussian", "disk")
+PROBE_NAMES: tuple[str, ...] = ("fly64", "gaussian", "disk", "kb")
 
 # Fraction of the total intensity inside the effective diameter: 1 - e^-2, the fraction a Gaussian
 # beam carries inside its 1/e² radius.
@@ -66,6 +67,17 @@ _FLY_OVERSAMPLE = 8
 # core and the first ring, cuts the slowly decaying Airy tail so the probe fits in ~0.45 N.
 _FLY_SUPPORT_INNER = 0.16
 _FLY_SUPPORT_OUTER = 0.23
+
+# --- kb design parameters: a Kirkpatrick-Baez mirror pair focus, the other common X-ray optic ---
+# Each mirror is a 1-D rectangular pupil (half-width _KB_PUPIL_HALF[axis] / N cycles/px, so the
+# two axes focus to different sizes as two mirrors of different length do) with its own defocus
+# phase at the pupil edge (radians; the mirrors are never focused on the same plane) and a little
+# coma-like cubic phase (an imperfect figure): the sinc lobes decay as 1/x² and are *not* cut,
+# so the tails reach the window edge, as a measured probe's do.
+_KB_PUPIL_HALF = (4.0, 5.0)  # (y, x)
+_KB_DEFOCUS_RAD = (3.0, 2.0)
+_KB_CUBIC_RAD = 1.0
+_KB_OVERSAMPLE = 8
 
 # Default sizes for the simple probes, chosen so their effective diameters (~0.3-0.34 N) are close
 # to fly64's (~0.32 N). The disk default matches the reference system's default probe (a blurred
@@ -300,13 +312,50 @@ def fly64(N: int = 64) -> np.ndarray:
     return _normalise(field * support)
 
 
+def _kb_axis(N: int, half_width: float, defocus: float) -> np.ndarray:
+    """One mirror's focus along one axis: ``(N,)`` complex field at 1 px sampling."""
+    M = _KB_OVERSAMPLE * N
+    u = np.fft.fftfreq(M) / (half_width / N)  # pupil coordinate, ±1 at the mirror's edges
+    pupil = (np.abs(u) <= 1.0) * np.exp(1j * (defocus * u**2 + _KB_CUBIC_RAD * u**3))
+    line = np.fft.fftshift(np.fft.ifft(pupil))
+    start = M // 2 - N // 2
+    line = line[start : start + N]
+    # the odd (cubic) phase moves the peak off axis; put it back on pixel N//2, the convention
+    return np.roll(line, N // 2 - int(np.argmax(np.abs(line))))
+
+
+def kb(N: int = 64) -> np.ndarray:
+    """Synthetic Kirkpatrick-Baez focus: a wide probe with long, uncut tails.
+
+    The separable product of two 1-D mirror foci: a rectangular pupil per axis (half-widths
+    ``4.0 / N`` and ``5.0 / N`` cycles/px in y and x), defocus phases of 3.0 and 2.0 rad at the
+    pupil edges and a cubic figure error of 1 rad. Unlike :func:`fly64` the field is not
+    tapered: its sinc side lobes decay as ``1/x²`` along both axes and still carry intensity at
+    the window edge — the regime of a measured KB or zone-plate probe, where a reconstruction is
+    probed far from the scan position.
+
+    At ``N = 64``: intensity FWHM ≈ 9 px (elongated along y), effective diameter ≈ 33 px (fly64:
+    21), ≈ 16 % of the intensity outside a radius of ``N/4`` (fly64: none). Lengths scale with
+    ``N``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, N)`` complex64, the peak normalised to exactly ``1 + 0j``.
+    """
+    N = _check_n(N)
+    fy = _kb_axis(N, _KB_PUPIL_HALF[0], _KB_DEFOCUS_RAD[0])
+    fx = _kb_axis(N, _KB_PUPIL_HALF[1], _KB_DEFOCUS_RAD[1])
+    return _normalise(fy[:, None] * fx[None, :])
+
+
 def make_probe(name: str, N: int) -> np.ndarray:
     """Build a named synthetic probe with its default parameters.
 
     Parameters
     ----------
     name : str
-        One of ``'fly64'``, ``'gaussian'``, ``'disk'`` (case-insensitive).
+        One of ``'fly64'``, ``'gaussian'``, ``'disk'``, ``'kb'`` (case-insensitive).
     N : int
         Probe side, px.
 
@@ -327,6 +376,8 @@ def make_probe(name: str, N: int) -> np.ndarray:
         return gaussian(N)
     if key == "disk":
         return disk(N)
+    if key == "kb":
+        return kb(N)
     raise ValueError(
         f"unknown probe {name!r}: expected one of {', '.join(PROBE_NAMES)}, "
         "or a path to an .npz/.cxi file"
