@@ -50,7 +50,9 @@ class TTRConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(5, ge=1, description="passes over the data's patterns")
+    epochs: int = Field(
+        5, ge=0, description="passes over the data's patterns (0: the start, unrefined)"
+    )
     batch_size: int = Field(32, ge=1, description="patterns per step")
     lr: float = Field(1e-4, gt=0.0, description="Adam step for the network's weights")
     phase_lr: float = Field(1e-2, gt=0.0, description="Adam step for the per-pattern offsets")

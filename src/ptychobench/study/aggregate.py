@@ -22,7 +22,8 @@ statuses, so two runs of the same study give byte-identical files):
     their intervals over repeats (see :func:`deltas`).
 ``analysis/verdict.json``
     The best arm per view × dose × headline metric, its margin over the runner-up and that
-    margin's interval; "tie" where the interval contains 0 (see :func:`verdicts`).
+    margin's interval; "tie" where the interval contains 0 (see :func:`verdicts`); "no verdict"
+    where a reference-free score failed its check (``yardstick``, :func:`yardstick_check`).
 ``analysis/highlights.txt``
     Those deltas as exactly four fixed-format lines (see :func:`highlights_lines`).
 
@@ -54,6 +55,8 @@ __all__ = [
     "LOWER_IS_BETTER",
     "TUPLE_METRICS",
     "aggregate",
+    "UNTRUSTED",
+    "YARDSTICKS",
     "collect_rows",
     "compare_dir",
     "compare_jobs_from_manifest",
@@ -64,6 +67,8 @@ __all__ = [
     "read_comparison_csv",
     "summarise",
     "summary_json",
+    "verdict_document",
+    "yardstick_check",
 ]
 
 @dataclasses.dataclass(frozen=True)
@@ -586,6 +591,134 @@ VERDICT_METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: The reference-free scores and the ground-truth score each stands in for: ``(metric, part) →
+#: (truth metric, part, sign)``; sign +1 when higher agrees with higher.
+YARDSTICKS: dict[tuple[str, str], tuple[str, str, int]] = {
+    ("heldout_nll_rel", "value"): ("ssim", "phase", -1),
+    ("halfscan_frc_halfbit", "phase"): ("frc50", "phase", +1),
+}
+#: |Spearman ρ| (with the agreeing sign) a reference-free score needs before it may name a winner.
+TRUST_RHO = 0.7
+
+
+def _condition_means(cells, names, metric: str, part: str) -> dict[tuple[str, float, str], float]:
+    """``{(view, dose, arm): mean over repeats}`` of the candidate arms' finite values."""
+    out = {}
+    for (dose, view, arm, m), reps in cells.items():
+        if m == metric and arm in names:
+            mean = interval([x[part] for x in reps.values()])["mean"]
+            if mean is not None:
+                out[(view, dose, arm)] = mean
+    return out
+
+
+def _winners(means: Mapping[tuple, float], lower: bool) -> dict[tuple[str, float], str]:
+    """The best arm per (view, dose) of :func:`_condition_means`."""
+    best: dict[tuple[str, float], str] = {}
+    for (view, dose, arm), x in sorted(means.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        b = best.get((view, dose))
+        if b is None or (x < means[(view, dose, b)] if lower else x > means[(view, dose, b)]):
+            best[(view, dose)] = arm
+    return best
+
+
+def _agreement(a: Mapping, b: Mapping, lower_a: bool, lower_b: bool, sign: int) -> dict[str, Any]:
+    """How far score ``a`` ranks the arm × condition cells as ``b`` does: pooled Spearman ρ,
+    and the conditions whose best arm differs."""
+    from scipy.stats import spearmanr
+
+    keys = sorted(set(a) & set(b))
+    rho = None
+    if len(keys) >= 3 and len({a[k] for k in keys}) > 1 and len({b[k] for k in keys}) > 1:
+        rho = float(spearmanr([a[k] for k in keys], [b[k] for k in keys]).statistic)
+    wa, wb = _winners({k: a[k] for k in keys}, lower_a), _winners({k: b[k] for k in keys}, lower_b)
+    both = sorted(set(wa) & set(wb))
+    disagree = [
+        {"view": v, "dose": d, "by_score": wa[(v, d)], "by_other": wb[(v, d)]}
+        for v, d in both
+        if wa[(v, d)] != wb[(v, d)]
+    ]
+    trusted = rho is not None and math.isfinite(rho) and rho * sign >= TRUST_RHO
+    return {
+        "rho": rho, "sign": sign, "n": len(keys), "conditions": len(both),
+        "winner_agrees": len(both) - len(disagree), "disagree": disagree, "trusted": trusted,
+    }
+
+
+def yardstick_check(
+    rows: Sequence[Mapping[str, Any]], split: str = "test", lineup: Lineup | None = None
+) -> dict[str, Any]:
+    """May this run's reference-free scores name a winner? Measured, not assumed.
+
+    With ground truth (a synthetic run) each score of :data:`YARDSTICKS` is checked against the
+    truth score it stands in for: Spearman ρ over the method arms × conditions (means over
+    repeats) must reach :data:`TRUST_RHO` with the agreeing sign, and the conditions where it
+    names another winner than the truth are listed. Without ground truth (measured data) the
+    two scores are checked against each other the same way (a better held-out NLL should go with
+    a better half-scan FRC): two independent yardsticks that disagree mean neither can be
+    believed there.
+
+    Returns
+    -------
+    dict
+        ``mode`` (``"truth"`` | ``"consistency"`` | ``"none"``), ``threshold`` and ``scores``:
+        ``{metric: {"part", "against": "metric part", "rho", "sign", "n", "conditions",
+        "winner_agrees", "disagree": [{"view", "dose", "by_score", "by_other"}], "trusted"}}``.
+    """
+    lineup = lineup or Lineup()
+    cells = _per_repeat(rows, split)
+    names = set(lineup.candidates({k[2] for k in cells}))
+    scores: dict[str, Any] = {}
+    truth_known = bool(_condition_means(cells, names, "ssim", "phase"))
+    for (metric, part), (tm, tp, sign) in YARDSTICKS.items():
+        a = _condition_means(cells, names, metric, part)
+        if not a:
+            continue
+        if truth_known:
+            against = (tm, tp, sign)
+        else:  # the other yardstick
+            others = [(m, p) for m, p in YARDSTICKS if m != metric]
+            om, op = others[0]
+            same = (metric in LOWER_IS_BETTER) == (om in LOWER_IS_BETTER)
+            against = (om, op, +1 if same else -1)
+        b = _condition_means(cells, names, against[0], against[1])
+        found = _agreement(
+            a, b, metric in LOWER_IS_BETTER, against[0] in LOWER_IS_BETTER, against[2]
+        )
+        scores[metric] = {"part": part, "against": f"{against[0]} {against[1]}", **found}
+    mode = "none" if not scores else ("truth" if truth_known else "consistency")
+    return {"mode": mode, "threshold": TRUST_RHO, "scores": scores}
+
+
+def _yardstick_verdict(check: Mapping[str, Any], metric: str, view: str, dose: float):
+    """``{"trusted", "reason"}`` for the verdict of reference-free ``metric`` at one condition."""
+    s = check["scores"].get(metric)
+    if s is None:
+        return None
+    truth = check["mode"] == "truth"
+    other = "the truth" if truth else "the other reference-free score"
+    if s["rho"] is None:
+        return {
+            "trusted": False,
+            "reason": f"not checked: too few scored arms to rank against {other}",
+        }
+    if not s["trusted"]:
+        return {
+            "trusted": False,
+            "reason": (
+                f"it ranks the arms unlike {other} in this run (Spearman ρ = {s['rho']:+.2f} vs "
+                f"{s['against']}, needed {s['sign'] * check['threshold']:+.1f} or beyond)"
+            ),
+        }
+    for d in s["disagree"]:
+        if d["view"] == view and d["dose"] == dose:
+            return {
+                "trusted": False,
+                "reason": f"it picks {d['by_score']} here, {other} picks {d['by_other']}",
+            }
+    return {"trusted": True, "reason": ""}
+
+
 def _per_repeat(rows: Iterable[Mapping[str, Any]], split: str) -> dict[tuple, dict[int, dict]]:
     """``{(dose, view, model, metric): {repeat: row}}`` of one split's metric rows."""
     out: dict[tuple, dict[int, dict]] = {}
@@ -726,6 +859,7 @@ def verdicts(
     """
     lineup = lineup or Lineup()
     cells = _per_repeat(rows, split)
+    check = yardstick_check(rows, split, lineup)
     views = list(dict.fromkeys(k[1] for k in cells))
     doses = sorted({k[0] for k in cells})
     names = {k[2] for k in cells}
@@ -768,8 +902,18 @@ def verdicts(
                     n_repeats=st["n_repeats"], tie=tie,
                     arm="tie" if tie else v["leader"],
                 )
+                trust = _yardstick_verdict(check, metric, view, dose) if v["leader"] else None
+                if trust is not None:
+                    v["yardstick"] = trust
+                    if not trust["trusted"]:
+                        v["arm"] = UNTRUSTED
                 out.append(v)
     return out
+
+
+#: The verdict ``arm`` of a reference-free score that may not name a winner (see
+#: :func:`yardstick_check`).
+UNTRUSTED = "no verdict"
 
 
 def _signed(x: Any, decimals: int) -> str:
@@ -891,6 +1035,15 @@ def _markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdict_document(rows: Sequence[Mapping[str, Any]], lineup: Lineup | None = None) -> dict:
+    """The content of ``verdict.json``: the verdicts and the reference-free scores' check."""
+    return {
+        "ci_method": CI_METHOD,
+        "verdicts": verdicts(rows, lineup=lineup),
+        "yardstick": yardstick_check(rows, lineup=lineup),
+    }
+
+
 def aggregate(
     run_dir: Path,
     conditions: list[dict],
@@ -929,9 +1082,7 @@ def aggregate(
         "metrics_summary.json": summary_json(summary),
         "metrics_summary.md": _markdown(summary),
         "deltas.json": summary_json(d),
-        "verdict.json": summary_json(
-            {"ci_method": CI_METHOD, "verdicts": verdicts(rows, lineup=lineup)}
-        ),
+        "verdict.json": summary_json(verdict_document(rows, lineup)),
         "highlights.txt": "\n".join(highlights_lines(d, lineup)) + "\n",
     }
     written: list[Path] = []

@@ -50,12 +50,14 @@ from ptychobench.arms.registry import BUILTIN, DISPLAY_ORDER
 from ptychobench.data.io import atomic_open
 from ptychobench.study.aggregate import (
     LOWER_IS_BETTER,
+    UNTRUSTED,
     VERDICT_METRICS,
     Lineup,
     interval,
     lineup_of,
     mean_rows,
     verdicts,
+    yardstick_check,
 )
 
 __all__ = ["dose_response_plot", "headline_plot", "montage", "verdict_view", "write_report"]
@@ -1125,6 +1127,9 @@ def _verdict_phrase(v: dict[str, Any], d: int = 3) -> str:
     at = f"at {_dose_words(v['dose'])} photons"
     if v["leader"] is None:
         return f"{at} no arm could be scored"
+    trust = v.get("yardstick")
+    if trust is not None and not trust["trusted"]:
+        return f"{at} no verdict ({v['leader']} leads by this score, but {trust['reason']})"
     if v["runner_up"] is None:
         return f"{at} only {v['leader']} was scored"
     lo, hi = v["ci95_low"], v["ci95_high"]
@@ -1169,13 +1174,58 @@ def verdict_order(found: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]
     return [first, *order]
 
 
-def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, Any]:
-    """What the report's first screen shows, from :func:`ptychobench.study.aggregate.verdicts`.
+def yardstick_lines(check: dict[str, Any] | None) -> list[str]:
+    """The report's statement of how far this run's reference-free scores can be believed
+    (:func:`ptychobench.study.aggregate.yardstick_check`), one sentence per score."""
+    if not check or check.get("mode") in (None, "none"):
+        return []
+    labels = {f"{m} {p}": label for m, p, label in VERDICT_METRICS}
+    truth = check["mode"] == "truth"
+    lines = []
+    for metric, s in check["scores"].items():
+        name = labels.get(f"{metric} {s['part']}", metric)
+        against = labels.get(s["against"], s["against"])
+        against = f"the ground truth's {against}" if truth else f"the {against}"
+        if s["rho"] is None:
+            lines.append(f"{name}: not checked against {against} (too few scored arms).")
+            continue
+        agree = f"the same best arm in {s['winner_agrees']}/{s['conditions']} conditions"
+        if s["trusted"]:
+            tail = (
+                "it names a winner only where it agrees with the truth"
+                if truth else "a winner is named only where both scores agree"
+            )
+            verdict = f"trusted ({tail})"
+        else:
+            verdict = (
+                "NOT trusted: on data like these it cannot pick the method, and its grid names "
+                "no winner"
+            )
+        lines.append(
+            f"{name} against {against}: Spearman ρ = {s['rho']:+.2f} over {s['n']} arm × "
+            f"condition cells (needed {s['sign'] * check['threshold']:+.1f} or beyond), "
+            f"{agree} — {verdict}."
+        )
+    if not truth and lines:
+        lines.insert(
+            0,
+            "No ground truth: the two reference-free scores are checked against each other; "
+            "where they disagree neither is believed.",
+        )
+    return lines
+
+
+def verdict_view(
+    found: Sequence[dict[str, Any]], n_repeats: int, check: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the report's first screen shows, from :func:`ptychobench.study.aggregate.verdicts`
+    (and ``check``, :func:`ptychobench.study.aggregate.yardstick_check`).
 
     Returns ``{"sentences", "views", "tabs": [{"id", "metric", "part", "label", "rows": [{
     "dose_label", "cells": [{"view", "dose", "arm", "margin", "arm_text", "detail", "color",
-    "title"}]}]}], "lede", "legend", "headline_label", "n_repeats"}``; ``dose`` and ``margin``
-    are ``repr(float)`` so the verifier can compare them exactly (``margin`` "" when none).
+    "title"}]}]}], "yardstick" (sentences), "lede", "legend", "headline_label",
+    "n_repeats"}``; ``dose`` and ``margin`` are ``repr(float)`` so the verifier can compare
+    them exactly (``margin`` "" when none).
     """
     views = list(dict.fromkeys(v["view"] for v in found))
     doses = sorted({float(v["dose"]) for v in found})
@@ -1208,7 +1258,10 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
                     )
                     continue
                 m = v["margin"]
-                if v["runner_up"] is None or m is None:
+                trust = v.get("yardstick")
+                if trust is not None and not trust["trusted"]:
+                    detail = f"{v['leader']} leads by this score, but {trust['reason']}"
+                elif v["runner_up"] is None or m is None:
                     detail = "no runner-up"
                 elif v["ci95_low"] is None:
                     detail = f"+{m:.3f} over {v['runner_up']} (1 repeat)"
@@ -1228,11 +1281,13 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
                         "dose": repr(dose),
                         "arm": v["arm"],
                         "margin": "" if m is None else repr(float(m)),
-                        "arm_text": f"tie ({v['leader']} ≈ {v['runner_up']})"
+                        "arm_text": UNTRUSTED
+                        if v["arm"] == UNTRUSTED
+                        else f"tie ({v['leader']} ≈ {v['runner_up']})"
                         if v["tie"]
                         else v["leader"],
                         "detail": detail,
-                        "color": _tint(None if v["tie"] else v["leader"]),
+                        "color": _tint(None if v["tie"] or v["arm"] == UNTRUSTED else v["leader"]),
                         "title": f"means over repeats: {means}",
                     }
                 )
@@ -1244,6 +1299,7 @@ def verdict_view(found: Sequence[dict[str, Any]], n_repeats: int) -> dict[str, A
     reps = "one repeat" if n_repeats == 1 else f"{n_repeats} repeats"
     return {
         "sentences": sentences,
+        "yardstick": yardstick_lines(check),
         "views": views,
         "tabs": tabs,
         "headline_label": head_label,
@@ -1414,7 +1470,9 @@ def _write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
         ("environment", "Environment", _environment_data(manifest.get("environment")), False),
         ("failures", "Failures", _failures_data(run_dir, jobs, missing, raw), has_failures),
     ]
-    view = verdict_view(verdicts(raw, lineup=lineup), n_repeats)
+    view = verdict_view(
+        verdicts(raw, lineup=lineup), n_repeats, yardstick_check(raw, lineup=lineup)
+    )
     view["plot"] = _figure(head_png, "test-split phase SSIM vs dose")
     page = _template().render(
         name=name,

@@ -47,7 +47,6 @@ import numpy as np
 
 from ptychobench.data.io import atomic_open, sha256_file
 from ptychobench.study.aggregate import (
-    CI_METHOD,
     CSV_NAME,
     collect_rows,
     compare_dir,
@@ -59,6 +58,7 @@ from ptychobench.study.aggregate import (
     mean_rows,
     summarise,
     summary_json,
+    verdict_document,
     verdicts,
 )
 
@@ -460,10 +460,7 @@ def _check_deltas(run_dir: Path) -> Check:
     rows = collect_rows(run_dir, _conditions(manifest))
     wanted = {
         "analysis/deltas.json": deltas(_recomputed(run_dir, manifest), rows, lineup_of(manifest)),
-        "analysis/verdict.json": {
-            "ci_method": CI_METHOD,
-            "verdicts": verdicts(rows, lineup=lineup_of(manifest)),
-        },
+        "analysis/verdict.json": verdict_document(rows, lineup_of(manifest)),
     }
     diffs = []
     for rel, doc in wanted.items():
