@@ -28,8 +28,10 @@ changes one thing from the shipped score (``shipped``,
 
 For each run and rung it prints one JSON line: Spearman ρ over arm × condition cells between the
 score and phase SSIM / NRMSE (pooled, as ``benchmarks/reference_free.py`` does), the mean
-within-condition ρ against phase SSIM, and the fraction of conditions whose best arm by the
-score is the best by phase SSIM.
+within-condition ρ against phase SSIM, the fraction of conditions whose best arm by the score is
+the best by phase SSIM, and the fraction of within-condition arm pairs that the truth separates
+(phase SSIM ≥ 0.05 apart) which the score orders the same way — arms at the floor differ by
+noise in the truth too, and a pooled ρ counts their order as much as the winner's.
 
 Usage:
     python benchmarks/yardstick_ladder.py runs/quick runs/yard/*/
@@ -55,6 +57,7 @@ RUNGS = ("shipped", "scale=1", "covered", "fill", "deviance", "fill+deviance", "
 LIT = 0.01  # fraction of the kept scan's maximum summed |P|² below which a pixel counts as unlit
 FOOTPRINT = 0.99  # fraction of a pattern's probe intensity that must fall on lit pixels
 NOT_METHODS = {"Flat", "Ceiling"}
+SEPARATED = 0.05  # phase SSIM: two arms this far apart are told apart by the truth
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
@@ -166,9 +169,13 @@ def ladder(run: Path) -> list[dict]:
         v = np.array([r[2] for r in rs])
         ssim = np.array([r[3] for r in rs])
         nrmse = np.array([r[4] for r in rs])
-        within, winners = [], []
+        within, winners, pairs = [], [], []
         for cond in sorted({r[0] for r in rs}):
             sub = [r for r in rs if r[0] == cond]
+            for i, a in enumerate(sub):  # pairs the truth separates: ordered alike?
+                for b in sub[i + 1:]:
+                    if abs(a[3] - b[3]) >= SEPARATED:
+                        pairs.append((a[2] < b[2]) == (a[3] > b[3]))
             if len(sub) >= 3:
                 within.append(spearmanr([r[2] for r in sub], [r[3] for r in sub]).statistic)
                 winners.append(
@@ -181,6 +188,7 @@ def ladder(run: Path) -> list[dict]:
             "rho_vs_nrmse": round(float(spearmanr(v, nrmse).statistic), 4),
             "mean_within_condition_rho_vs_phase_ssim": round(float(np.nanmean(within)), 4),
             "winner_agrees": f"{sum(winners)}/{len(winners)}",
+            "separated_pairs_agree": f"{sum(pairs)}/{len(pairs)}",
             "withheld_covered": f"{sum(c[1] for c in covered)}/{sum(c[2] for c in covered)}",
         })
     return out

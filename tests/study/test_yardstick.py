@@ -150,3 +150,19 @@ def test_references_are_not_ranked_and_a_run_without_free_scores_has_no_check():
     assert yardstick_check(rows)["scores"]["heldout_nll_rel"]["rho"] == pytest.approx(-1.0)
     assert yardstick_check(_rows(q)) == {"mode": "none", "threshold": TRUST_RHO, "scores": {}}
     assert yardstick_lines(yardstick_check(_rows(q))) == []
+
+
+def test_separated_pairs_count_only_the_pairs_the_truth_tells_apart():
+    q = _quality()  # arms 0.1 apart in every condition: every pair is separated
+    nll = {k: 2.0 - x for k, x in q.items()}
+    # two arms at the floor, 0.01 apart, ranked backwards by the score: not counted
+    for view in ("dense", "sparse"):
+        for dose in DOSES:
+            q[(view, dose, "PtychoPINN")] = 0.02
+            q[(view, dose, "Baseline")] = 0.03
+            nll[(view, dose, "PtychoPINN")] = 1.9
+            nll[(view, dose, "Baseline")] = 2.0
+    s = yardstick_check(_rows(q, nll=nll))["scores"]["heldout_nll_rel"]
+    # per condition 6 pairs, 5 of them separated, all 5 ordered alike
+    assert s["separated_pairs"] == 30 and s["separated_agree"] == 30
+    assert s["rho"] > -1.0  # the floor pair's reversal still costs the pooled ρ

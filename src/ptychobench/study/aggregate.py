@@ -599,6 +599,8 @@ YARDSTICKS: dict[tuple[str, str], tuple[str, str, int]] = {
 }
 #: |Spearman ρ| (with the agreeing sign) a reference-free score needs before it may name a winner.
 TRUST_RHO = 0.7
+#: Two arms of one condition this far apart on the compared score count as told apart.
+SEPARATED = 0.05
 
 
 def _condition_means(cells, names, metric: str, part: str) -> dict[tuple[str, float, str], float]:
@@ -639,9 +641,19 @@ def _agreement(a: Mapping, b: Mapping, lower_a: bool, lower_b: bool, sign: int) 
         if wa[(v, d)] != wb[(v, d)]
     ]
     trusted = rho is not None and math.isfinite(rho) and rho * sign >= TRUST_RHO
+    # arm pairs of one condition that ``b`` tells apart: does ``a`` order them alike? (arms at
+    # the floor differ by noise in the truth too; a pooled ρ counts their order as much as the
+    # winner's)
+    agree = n_pairs = 0
+    for i, k in enumerate(keys):
+        for j in keys[i + 1:]:
+            if k[:2] == j[:2] and abs(b[k] - b[j]) >= SEPARATED:
+                n_pairs += 1
+                agree += ((a[k] - a[j]) * (b[k] - b[j]) * sign) > 0
     return {
         "rho": rho, "sign": sign, "n": len(keys), "conditions": len(both),
         "winner_agrees": len(both) - len(disagree), "disagree": disagree, "trusted": trusted,
+        "separated_pairs": n_pairs, "separated_agree": agree,
     }
 
 
@@ -663,7 +675,10 @@ def yardstick_check(
     dict
         ``mode`` (``"truth"`` | ``"consistency"`` | ``"none"``), ``threshold`` and ``scores``:
         ``{metric: {"part", "against": "metric part", "rho", "sign", "n", "conditions",
-        "winner_agrees", "disagree": [{"view", "dose", "by_score", "by_other"}], "trusted"}}``.
+        "winner_agrees", "disagree": [{"view", "dose", "by_score", "by_other"}], "trusted",
+        "separated_pairs", "separated_agree"}}`` (the last two: the arm pairs of one condition
+        ``against`` puts :data:`SEPARATED` or more apart, and how many of them the score orders
+        alike).
     """
     lineup = lineup or Lineup()
     cells = _per_repeat(rows, split)

@@ -1201,10 +1201,16 @@ def yardstick_lines(check: dict[str, Any] | None) -> list[str]:
                 "NOT trusted: on data like these it cannot pick the method, and its grid names "
                 "no winner"
             )
+        pairs = ""
+        if s.get("separated_pairs"):
+            pairs = (
+                f"; it orders {s['separated_agree']}/{s['separated_pairs']} of the arm pairs "
+                f"{'the truth' if truth else 'the other score'} puts ≥ 0.05 apart alike"
+            )
         lines.append(
             f"{name} against {against}: Spearman ρ = {s['rho']:+.2f} over {s['n']} arm × "
             f"condition cells (needed {s['sign'] * check['threshold']:+.1f} or beyond), "
-            f"{agree} — {verdict}."
+            f"{agree}{pairs} — {verdict}."
         )
     if not truth and lines:
         lines.insert(
