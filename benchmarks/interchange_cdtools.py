@@ -19,8 +19,10 @@
 
 Prints one JSON line per arm (phase / amplitude SSIM, NRMSE, phase FRC50, seconds) and one with
 the CDTools − PtyChi differences. The CDTools object is put into our pixel frame by the convention
-the CXI test suite proves (our index = CDTools index + min_translation − (N−1)/2), to the nearest
-whole pixel (the sub-pixel rest is registered by ``compare``, as for every arm).
+the CXI test suite proves (:func:`ptychobench.peers.cdtools_to_our_frame`: our index = CDTools
+index + min_translation − (N−1)/2, to the nearest whole pixel; the sub-pixel rest is registered
+by ``compare``, as for every arm). The study's ``CDTools`` arm (``ptychobench.peers``) reads the
+same file but sets the probe from the data alone, as the PtyChi arm does.
 """
 
 from __future__ import annotations
@@ -75,25 +77,6 @@ def cdtools_reconstruct(cxi: Path, epochs: int, seed: int = 0) -> tuple[np.ndarr
     return obj.astype(np.complex64), seconds, info
 
 
-def to_our_frame(obj_cd: np.ndarray, min_t: np.ndarray, N: int, shape: tuple[int, int]):
-    """CDTools' object (its frame) → ours: our index = CDTools index + min_t − (N−1)/2.
-
-    Placed at the nearest whole pixel, (image, residual (row, col) px): a sub-pixel resample
-    (Fourier or sinc) spreads the large values CDTools leaves at the poorly lit scan edge over
-    the whole image (measured: phase correlation 0.66 instead of 0.91 after 60 epochs); the
-    residual (< ½ px) is left to ``compare``'s sub-pixel registration, as for every arm.
-    """
-    off = np.asarray(min_t, dtype=np.float64) - (N - 1) / 2  # (row, col)
-    whole = np.rint(off).astype(int)
-    out = np.ones(shape, np.complex64)
-    H, W = shape
-    r0, c0 = max(0, whole[0]), max(0, whole[1])
-    r1 = min(H, whole[0] + obj_cd.shape[0])
-    c1 = min(W, whole[1] + obj_cd.shape[1])
-    out[r0:r1, c0:c1] = obj_cd[r0 - whole[0] : r1 - whole[0], c0 - whole[1] : c1 - whole[1]]
-    return out, (off - whole).tolist()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", type=Path, default=None)
@@ -108,6 +91,7 @@ def main() -> None:
     from ptychobench.data.io import load
     from ptychobench.data.recon import Reconstruction, write_reconstruction
     from ptychobench.iterative import illumination_coverage
+    from ptychobench.peers import cdtools_to_our_frame
 
     _cli(
         "simulate", "--out", str(d), "--object", args.object, "--object-size", "192",
@@ -117,7 +101,7 @@ def main() -> None:
     ds = load(d)
 
     obj_cd, cd_s, info = cdtools_reconstruct(cxi, args.epochs)
-    image, residual = to_our_frame(
+    image, residual = cdtools_to_our_frame(
         obj_cd, np.asarray(info["min_translation_px"]), ds.N, ds.frame_shape
     )
     info["frame_residual_px"] = residual

@@ -373,7 +373,9 @@ def reconstruct(
     data: Annotated[Path, typer.Argument(help="Dataset (.npz or .cxi).")],
     out: Annotated[Path, typer.Option("--out", help="Output reconstruction (.npz).")],
     probe: ProbeOption = None,
-    engine: Annotated[str, typer.Option("--engine", help="lsqml | epie | dm.")] = "lsqml",
+    engine: Annotated[
+        str, typer.Option("--engine", help="lsqml | epie | rpie | pie | dm | raar.")
+    ] = "lsqml",
     epochs: Annotated[int, typer.Option("--epochs", help="Iterations over all patterns.")] = 100,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Patterns per update [default 100; ePIE 10].")

@@ -103,14 +103,29 @@ def initial_object(
     return np.where(covered, obj, FLAT_START).astype(np.complex64)
 
 
+#: pty-chi's engines the arm can run (LSQML; the PIE family; difference map; RAAR).
+Engine = Literal["lsqml", "epie", "rpie", "pie", "dm", "raar"]
+PIE_FAMILY = ("epie", "rpie", "pie")
+ALGORITHM = {"lsqml": "LSQML", "epie": "ePIE", "rpie": "rPIE", "pie": "PIE", "dm": "DM",
+             "raar": "RAAR"}
+
+
 class IterativeConfig(BaseModel):
     """Settings of the pty-chi arm."""
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: Literal["lsqml", "epie", "dm"] = "lsqml"
+    engine: Engine = "lsqml"
     epochs: int = Field(100, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="default: 100 (LSQML, DM), 10 (ePIE)")
+    batch_size: int | None = Field(
+        None, ge=1, description="default: 100 (LSQML, DM, RAAR), 10 (the PIE family)"
+    )
+    step_size: float | None = Field(
+        None, gt=0, description="the object update's step (default: pty-chi's, 1)"
+    )
+    alpha: float | None = Field(
+        None, gt=0, le=1, description="PIE family: the object update's regulariser (pty-chi: 0.1)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     noise_model: Literal["gaussian", "poisson"] = "gaussian"
     refine_probe: bool = False
@@ -161,11 +176,19 @@ def _options(
         opts = api.LSQMLOptions()
         opts.reconstructor_options.noise_model = getattr(api.NoiseModels, cfg.noise_model.upper())
         opts.reconstructor_options.rescale_probe_intensity_in_first_epoch = cfg.refine_probe
-    elif engine == "epie":
-        opts = api.EPIEOptions()
-    else:
+    elif engine in PIE_FAMILY:
+        opts = {"epie": api.EPIEOptions, "rpie": api.RPIEOptions, "pie": api.PIEOptions}[engine]()
+    elif engine == "dm":
         opts = api.DMOptions()
-    batch = cfg.batch_size or (10 if engine == "epie" else 100)
+    else:
+        opts = api.RAAROptions()
+    if cfg.step_size is not None:
+        opts.object_options.step_size = cfg.step_size
+    if cfg.alpha is not None:
+        if engine not in PIE_FAMILY:
+            raise ValueError(f"alpha: only the PIE family has it, found engine {engine!r}")
+        opts.object_options.alpha = cfg.alpha
+    batch = cfg.batch_size or (10 if engine in PIE_FAMILY else 100)
     ro = opts.reconstructor_options
     ro.num_epochs = cfg.epochs
     ro.batch_size = min(batch, ds.n)
@@ -343,7 +366,7 @@ def reconstruct(
     seconds = time.perf_counter() - t0 - paused
     meta = {
         "arm": "PtyChi",
-        "algorithm": cfg.engine.upper() if cfg.engine != "epie" else "ePIE",
+        "algorithm": ALGORITHM[cfg.engine],
         "epochs": cfg.epochs,
         "seconds": seconds,
         "infer_s": 0.0,

@@ -148,6 +148,9 @@ class Arm:
     context_fields: ClassVar[dict[str, tuple[str, ...]] | None] = None
     #: Matplotlib colour (None: the report assigns one).
     color: ClassVar[str | None] = None
+    #: Import names of the optional libraries it runs on; a design naming the arm without them
+    #: is refused when it is read (one line saying what to install), before any job runs.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, settings: ArmSettings | None = None):
         self.name = name
@@ -175,12 +178,14 @@ class Arm:
 
     @property
     def test_only(self) -> bool:
-        """Runs on the test split only (an arm started from another arm's test reconstruction)."""
-        return self.start is not None
+        """Runs on the test split only: an arm started from another arm's test reconstruction,
+        or one whose settings say ``test_only = true`` (the verdicts are the test split's)."""
+        return self.start is not None or bool(getattr(self.settings, "test_only", False))
 
     def wants_halves(self) -> bool:
-        """Whether the study also runs it on the two interleaved half-scans."""
-        return type(self).halves
+        """Whether the study also runs it on the two interleaved half-scans (a ``halves``
+        setting, where the arm's settings have one, else the class's ``halves``)."""
+        return bool(getattr(self.settings, "halves", type(self).halves))
 
     @property
     def timeout_s(self) -> float | None:
@@ -199,6 +204,12 @@ class Arm:
         key = ctx.key()
         fields = (self.context_fields or {}).get(step) if self.context_fields else None
         return key if fields is None else {k: key[k] for k in fields}
+
+    def solver(self) -> str | None:
+        """The solver library this arm runs from its own flat start (``"pty-chi"``,
+        ``"CDTools"``, ...; None: not an iterative solver, or one started from another arm).
+        The report's agreement table sets the arms of different libraries side by side."""
+        return None
 
     def iterations(self) -> int | None:
         """The arm's iteration count, where snapshots are taken (None: it has no epochs).

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from ptychobench.arms.base import Arm, ArmContext, ArmSettings, Needs
+from ptychobench.iterative import Engine
 
 __all__ = [
     "BaselineArm",
@@ -162,10 +163,14 @@ class BaselineArm(_NetworkArm):
 class PtyChiSettings(ArmSettings):
     """pty-chi with the known probe, fixed; from flat, or from arm ``start``'s object."""
 
-    engine: Literal["lsqml", "epie", "dm"] = "lsqml"
+    engine: Engine = "lsqml"
     epochs: int = Field(100, ge=1)
     batch_size: int | None = Field(None, ge=1)
     noise_model: Literal["gaussian", "poisson"] = "gaussian"
+    step_size: float | None = Field(None, gt=0, description="object step (pty-chi default: 1)")
+    alpha: float | None = Field(None, gt=0, le=1, description="PIE family (pty-chi: 0.1)")
+    halves: bool = Field(True, description="also reconstruct the two half-scans (half-scan FRC)")
+    test_only: bool = Field(False, description="reconstruct the test split only")
     start: str | None = Field(
         None,
         description="start from this arm's reconstruction (its covered pixels) instead of flat",
@@ -179,6 +184,8 @@ class PtyChiSettings(ArmSettings):
             epochs=self.epochs,
             batch_size=self.batch_size,
             noise_model=self.noise_model,
+            step_size=self.step_size,
+            alpha=self.alpha,
             device=ctx.device,
             seed=ctx.solver_seed,
             progress=False,
@@ -193,6 +200,9 @@ class PtyChiArm(Arm):
     context_fields = {"reconstruct": ("solver_seed", "data_source")}
     color = "C2"
     summary = "pty-chi iterative solver, known probe fixed, flat start"
+
+    def solver(self) -> str | None:
+        return "pty-chi" if self.start is None else None
 
     def reconstruct(self, ds, ctx, *, artifact=None, start=None, snapshots=None):
         from ptychobench.iterative import reconstruct
@@ -230,7 +240,7 @@ class CeilingSettings(ArmSettings):
     An upper reference, not an achievable target: where the data constrain a pixel weakly (the
     gaps of a sparse scan) the solver leaves it near the truth it started from."""
 
-    engine: Literal["lsqml", "epie", "dm"] = "lsqml"
+    engine: Engine = "lsqml"
     epochs: int = Field(
         100, ge=1, description="iterations from the truth: enough for the data's noise to move "
         "the object to the likelihood optimum near it"

@@ -96,9 +96,6 @@ class CommandArm(Arm):
     def needs(self) -> Needs:  # type: ignore[override]
         return Needs(train=self.settings.fit is not None)
 
-    def wants_halves(self) -> bool:
-        return self.settings.halves
-
     def key(self):
         return {"type": "command", "settings": self.settings.model_dump(mode="json")}
 

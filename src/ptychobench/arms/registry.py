@@ -32,6 +32,8 @@ from ptychobench.arms.builtin import (
     TTRArm,
 )
 from ptychobench.arms.command import CommandArm
+from ptychobench.arms.peers import CDToolsArm, PMACEArm
+from ptychobench.peers import missing_peer
 
 __all__ = [
     "BUILTIN",
@@ -70,6 +72,12 @@ BUILTIN: dict[str, _Builtin] = {
     "PtychoPINN+TTR": _Builtin(TTRArm, slug="ttr"),
     "Flat": _Builtin(FlatArm),
     "Ceiling": _Builtin(CeilingArm),
+    # pty-chi's other engines, each with the schedule it was measured at (README, "solvers")
+    "PtyChi-ePIE": _Builtin(PtyChiArm, {"engine": "epie"}, color="C6"),
+    "PtyChi-DM": _Builtin(PtyChiArm, {"engine": "dm"}, color="C7"),
+    # independent solvers (the optional [peers] extra)
+    "CDTools": _Builtin(CDToolsArm),
+    "PMACE": _Builtin(PMACEArm),
 }
 #: Arms of a design that lists none.
 DEFAULT_ARMS: tuple[str, ...] = ("PtychoPINN", "Baseline", "PtyChi")
@@ -80,7 +88,8 @@ DISPLAY_ORDER: tuple[str, ...] = ("PtychoPINN", "Baseline", "PtyChi", "Flat")
 #: ``deltas.json`` / ``highlights.txt``: this arm minus each of those (where the design has them).
 DEFAULT_DELTAS: tuple[str, tuple[str, ...]] = ("PtychoPINN", ("Baseline", "PtyChi"))
 _BUILTIN_TYPES: dict[str, type[Arm]] = {
-    c.type_name: c for c in (PinnArm, BaselineArm, PtyChiArm, TTRArm, FlatArm, CeilingArm)
+    c.type_name: c
+    for c in (PinnArm, BaselineArm, PtyChiArm, TTRArm, FlatArm, CeilingArm, CDToolsArm, PMACEArm)
 }
 _BUILTIN_TYPES["command"] = CommandArm
 
@@ -157,6 +166,10 @@ def resolve(name: str, table: Mapping[str, Any] | None = None) -> Arm:
         settings = table
         if cls is CommandArm:
             settings = {"type": "command", **table}
+    for module in cls.requires:
+        why = missing_peer(module, name)
+        if why is not None:
+            raise ArmError(f"arms.{name}: {why}")
     try:
         arm = cls(name, cls.Settings.model_validate(settings))
     except ValidationError as exc:
@@ -208,8 +221,8 @@ def role_of(name: str) -> str:
 
 
 def describe(arms: Mapping[str, Arm]) -> dict[str, dict[str, Any]]:
-    """``{name: {"type", "role", "summary", "color", "start"}}``: what a run records about its
-    arms (the report and verification read it, without importing any plugin)."""
+    """``{name: {"type", "role", "summary", "color", "start", "solver"}}``: what a run records
+    about its arms (the report and verification read it, without importing any plugin)."""
     return {
         n: {
             "type": a.type_name,
@@ -217,6 +230,7 @@ def describe(arms: Mapping[str, Arm]) -> dict[str, dict[str, Any]]:
             "summary": a.summary,
             "color": (BUILTIN[n].color if n in BUILTIN else None) or a.color,
             "start": a.start,
+            "solver": a.solver(),
         }
         for n, a in arms.items()
     }

@@ -66,6 +66,7 @@ __all__ = [
     "lineup_of",
     "read_comparison_csv",
     "summarise",
+    "solver_agreement",
     "summary_json",
     "verdict_document",
     "yardstick_check",
@@ -80,6 +81,8 @@ class Lineup:
     roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
     subject: str = DEFAULT_DELTAS[0]
     against: tuple[str, ...] = tuple(DEFAULT_DELTAS[1])
+    #: ``{arm: solver library}`` of the iterative arms run from their own flat start.
+    solvers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def role(self, name: str) -> str:
         return self.roles.get(name) or role_of(name)
@@ -101,6 +104,9 @@ def lineup_of(manifest: Mapping[str, Any]) -> Lineup:
         roles={n: str(a.get("role", "method")) for n, a in arms.items() if isinstance(a, dict)},
         subject=d.get("subject", DEFAULT_DELTAS[0]),
         against=tuple(d.get("against", DEFAULT_DELTAS[1])),
+        solvers={
+            n: str(a["solver"]) for n, a in arms.items() if isinstance(a, dict) and a.get("solver")
+        },
     )
 
 
@@ -1050,13 +1056,77 @@ def _markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: (metric, part) of the agreement table; the first is the one the spreads are taken on.
+AGREEMENT_METRICS: tuple[tuple[str, str], ...] = (
+    ("ssim", "phase"), ("ssim", "amplitude"), ("nrmse", "value"),
+)
+
+
+def solver_agreement(
+    rows: Sequence[Mapping[str, Any]],
+    lineup: Lineup | None = None,
+    split: str = "test",
+    seconds: bool = False,
+) -> list[dict[str, Any]]:
+    """Do the iterative solvers agree on what the data give? One entry per condition.
+
+    The solver arms are the methods the lineup marks with a library (``Lineup.solvers``:
+    iterative, from their own flat start). Per (view, dose) of ``split``: each one's means over
+    repeats of :data:`AGREEMENT_METRICS`, the floor's and the ceiling's phase SSIM, the best
+    solver, ``spread`` (best − worst phase SSIM over every solver) and ``independent_spread``
+    (the same between the best arm of each library: how far the answer depends on whose code
+    solved it; None with one library). Empty with fewer than two solver arms. ``seconds``: add
+    each arm's mean ``computation_time_s`` (the report's cost column; kept out of
+    ``verdict.json``, whose bytes must not depend on the machine's speed).
+    """
+    lineup = lineup or Lineup()
+    cells = _per_repeat(rows, split)
+    names = {k[2] for k in cells}
+    solvers = [n for n in lineup.candidates(names) if n in lineup.solvers]
+    if len(solvers) < 2:
+        return []
+    refs = {role: lineup.reference(role, names) for role in ("floor", "ceiling")}
+    out = []
+    for view in dict.fromkeys(k[1] for k in cells):
+        for dose in sorted({k[0] for k in cells if k[1] == view}):
+            def mean(arm, metric, part, view=view, dose=dose):
+                reps = cells.get((dose, view, arm, metric))
+                return interval([x[part] for x in reps.values()])["mean"] if reps else None
+
+            metrics = AGREEMENT_METRICS + ((("computation_time_s", "value"),) if seconds else ())
+            arms = {a: {f"{m} {p}": mean(a, m, p) for m, p in metrics} for a in solvers}
+            head = {a: v["ssim phase"] for a, v in arms.items() if v["ssim phase"] is not None}
+            best = max(head, key=head.get) if head else None
+            by_lib: dict[str, float] = {}
+            for a, x in head.items():
+                lib = lineup.solvers[a]
+                by_lib[lib] = max(x, by_lib.get(lib, -math.inf))
+            out.append({
+                "view": view, "dose": dose, "arms": arms,
+                "libraries": {a: lineup.solvers[a] for a in solvers},
+                "floor": mean(refs["floor"], "ssim", "phase") if refs["floor"] else None,
+                "ceiling": mean(refs["ceiling"], "ssim", "phase") if refs["ceiling"] else None,
+                "best": best,
+                "spread": max(head.values()) - min(head.values()) if len(head) > 1 else None,
+                "independent_spread": (
+                    max(by_lib.values()) - min(by_lib.values()) if len(by_lib) > 1 else None
+                ),
+            })
+    return out
+
+
 def verdict_document(rows: Sequence[Mapping[str, Any]], lineup: Lineup | None = None) -> dict:
-    """The content of ``verdict.json``: the verdicts and the reference-free scores' check."""
-    return {
+    """The content of ``verdict.json``: the verdicts, the reference-free scores' check and,
+    with two or more iterative solvers, their agreement (:func:`solver_agreement`)."""
+    doc = {
         "ci_method": CI_METHOD,
         "verdicts": verdicts(rows, lineup=lineup),
         "yardstick": yardstick_check(rows, lineup=lineup),
     }
+    agreement = solver_agreement(rows, lineup)
+    if agreement:
+        doc["solvers"] = agreement
+    return doc
 
 
 def aggregate(

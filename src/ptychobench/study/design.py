@@ -61,7 +61,7 @@ __all__ = [
     "with_repeats",
 ]
 
-PRESETS = ("quick", "laptop", "fly64")
+PRESETS = ("quick", "laptop", "fly64", "solvers")
 
 
 class DesignError(ValueError):

@@ -56,6 +56,7 @@ from ptychobench.study.aggregate import (
     interval,
     lineup_of,
     mean_rows,
+    solver_agreement,
     verdicts,
     yardstick_check,
 )
@@ -1461,6 +1462,7 @@ def _write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     sections = [
         ("summary", "Summary over the test split", _summary_data(run_dir, summary), True),
         ("bracket", "Between floor and ceiling", _bracket_data(rows, conds), True),
+        ("solvers", "Do the iterative solvers agree?", _solvers_data(raw), True),
         ("cost", "Quality per second", _cost_data(run_dir, rows, conds, cost_png), True),
         (
             "plots",
@@ -1495,6 +1497,46 @@ def _write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
         fh.write(page)
     written.append(out)
     return written
+
+
+def _solvers_data(raw: list[dict]) -> dict[str, Any]:
+    """The iterative solvers side by side per test condition (:func:`ptychobench.study.
+    aggregate.solver_agreement`): phase SSIM and seconds of each, the spreads, the references."""
+    found = solver_agreement(raw, _cast().lineup, seconds=True)
+    if not found:
+        return {"rows": []}
+    header = ["solver (library)"] + [f"{_dose_words(c['dose'])} {c['view']}" for c in found]
+    body = []
+    for arm in found[0]["arms"]:
+        cells = [_text_cell(f"{arm} ({found[0]['libraries'][arm]})")]
+        for c in found:
+            m = c["arms"][arm]
+            x, sec = m["ssim phase"], m["computation_time_s value"]
+            if x is None:
+                cells.append(_na_cell())
+                continue
+            text = f"{x:.3f}" + (f" · {sec:.0f} s" if sec is not None else "")
+            cls = "best" if arm == c["best"] else ""
+            cells.append(_cell_dict(text, cls))
+        body.append(cells)
+    for label, key in (("spread, every solver", "spread"),
+                       ("spread between libraries", "independent_spread")):
+        cells = [_text_cell(label)]
+        for c in found:
+            v = c[key]
+            cls = "bad" if v is not None and v > AGREE_WITHIN else ""
+            cells.append(_na_cell() if v is None else _cell_dict(f"{v:.3f}", cls))
+        body.append(cells)
+    for label, key in (("floor (Flat)", "floor"), ("ceiling", "ceiling")):
+        if any(c[key] is not None for c in found):
+            body.append([_text_cell(label)] + [
+                _na_cell() if c[key] is None else _cell(c[key]) for c in found
+            ])
+    return {"header": header, "rows": body, "within": AGREE_WITHIN}
+
+
+#: Phase SSIM within which two solvers are said to agree (the report marks a wider spread).
+AGREE_WITHIN = 0.05
 
 
 def _bracket_data(rows: list[dict], conds: list[tuple[float, str, str]]) -> dict[str, Any]:
