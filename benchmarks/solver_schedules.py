@@ -25,9 +25,10 @@ def _run(ds, solver: str, epochs: int):
     from ptychobench.iterative import IterativeConfig, reconstruct
 
     if solver == "cdtools":
-        return peers.cdtools_reconstruct(ds, peers.CDToolsConfig(epochs=epochs, device="cpu"))
+        return peers.cdtools_reconstruct(ds, peers.CDToolsConfig(epochs=epochs),
+                                         device="cpu")
     if solver == "pmace":
-        return peers.pmace_reconstruct(ds, peers.PMACEConfig(iterations=epochs, device="cpu"))
+        return peers.pmace_reconstruct(ds, peers.PMACEConfig(iterations=epochs), device="cpu")
     return reconstruct(ds, IterativeConfig(engine=solver, epochs=epochs, device="cpu",
                                            progress=False))
 

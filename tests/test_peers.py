@@ -90,7 +90,7 @@ def test_pmace_rounds_fractional_positions_and_says_by_how_much():
 
     ds = simulate(N=N, object="grf", object_size=64, dose=1e4, step_px=6, jitter_px=0.4,
                   seed=0, noise_seed=1)
-    rec = pmace_reconstruct(_blind(ds), PMACEConfig(iterations=2, device="cpu"))
+    rec = pmace_reconstruct(_blind(ds), PMACEConfig(iterations=2), device="cpu")
     assert 0 < rec.metadata["positions_rounded_by_px"] <= 0.5
 
 

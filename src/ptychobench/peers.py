@@ -64,14 +64,6 @@ def missing_peer(module: str, arm: str) -> str | None:
     )
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: expected an available CUDA GPU for 'cuda', found none")
-    return name
-
-
 def _blind(ds: PtychoDataset) -> PtychoDataset:
     """``ds`` without the truth and without the simulator's own scale (a solver cannot know
     it), so nothing truth-derived reaches a peer library through a file."""
@@ -114,8 +106,6 @@ class CDToolsConfig(BaseModel):
     final_fraction: float = Field(0.25, ge=0, lt=1)
     batch_size: int = Field(15, ge=1)
     loss: Literal["amplitude mse", "poisson nll"] = "amplitude mse"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
 
 
 def cdtools_to_our_frame(obj_cd: np.ndarray, min_t, N: int, shape: tuple[int, int]):
@@ -158,14 +148,16 @@ def cdtools_model(ds: PtychoDataset, workdir: Path, loss: str = "amplitude mse")
     return model, dataset
 
 
-def cdtools_reconstruct(ds: PtychoDataset, config: CDToolsConfig | None = None,
+def cdtools_reconstruct(ds: PtychoDataset, config: CDToolsConfig | None = None, *,
+                        device: str = "auto", seed: int = 0,
                         arm: str = "CDTools") -> Reconstruction:
-    """CDTools on ``ds`` (see :class:`CDToolsConfig`); the object in our frame."""
-    from ptychobench.iterative import illumination_coverage
+    """CDTools on ``ds`` (see :class:`CDToolsConfig`); the object in our frame. ``seed``: the
+    batch order (torch's generator)."""
+    from ptychobench.iterative import _device, illumination_coverage
 
     cfg = config or CDToolsConfig()
-    dev = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    dev = _device(device)
+    torch.manual_seed(seed)
     with tempfile.TemporaryDirectory(prefix="ptychobench_cdtools_") as tmp:
         model, dataset = cdtools_model(ds, Path(tmp), cfg.loss)
     model.to(device=dev)
@@ -216,7 +208,6 @@ class PMACEConfig(BaseModel):
     iterations: int = Field(100, ge=1)
     object_data_fit: float = Field(0.6, gt=0, le=1)
     relaxation: float = Field(0.5, ge=0, lt=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def pmace_scan(ds: PtychoDataset):
@@ -238,15 +229,15 @@ def pmace_scan(ds: PtychoDataset):
     return scan, model
 
 
-def pmace_reconstruct(ds: PtychoDataset, config: PMACEConfig | None = None,
-                      arm: str = "PMACE") -> Reconstruction:
+def pmace_reconstruct(ds: PtychoDataset, config: PMACEConfig | None = None, *,
+                      device: str = "auto", arm: str = "PMACE") -> Reconstruction:
     """PMACE on ``ds`` (see :class:`PMACEConfig`); the object in our frame."""
-    from ptychobench.iterative import illumination_coverage
+    from ptychobench.iterative import _device, illumination_coverage
 
     cfg = config or PMACEConfig()
     scan, model = pmace_scan(ds)
     model.set_params(object_data_fit=cfg.object_data_fit, relaxation=cfg.relaxation)
-    model.configure_devices(devices=[_device(cfg.device)])
+    model.configure_devices(devices=[_device(device)])
     m = _PMACE_MARGIN
     H, W = ds.frame_shape
     flat = np.ones((H + 2 * m, W + 2 * m), np.complex64)

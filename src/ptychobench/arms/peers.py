@@ -7,24 +7,24 @@ one line, before any job runs (:func:`ptychobench.arms.registry.resolve`).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from ptychobench.arms.base import Arm, ArmSettings
+from ptychobench.peers import CDToolsConfig, PMACEConfig
+
+#: Settings the study reads, not the solver (:class:`_Study`).
+_STUDY_ONLY = {"halves", "test_only"}
 
 
-class CDToolsSettings(ArmSettings):
-    """CDTools FancyPtycho, object only, Adam (see :class:`ptychobench.peers.CDToolsConfig`)."""
+class _Study(ArmSettings):
+    """What the study reads of a peer arm's table (the rest is the solver's)."""
 
-    epochs: int = Field(100, ge=1)
-    lr: float = Field(0.005, gt=0)
-    final_lr: float = Field(0.001, gt=0)
-    final_fraction: float = Field(0.25, ge=0, lt=1)
-    batch_size: int = Field(15, ge=1)
-    loss: Literal["amplitude mse", "poisson nll"] = "amplitude mse"
     halves: bool = Field(True, description="also reconstruct the two half-scans")
     test_only: bool = Field(False, description="reconstruct the test split only")
+
+
+class CDToolsSettings(CDToolsConfig, _Study):
+    """CDTools FancyPtycho, object only, Adam (:class:`ptychobench.peers.CDToolsConfig`)."""
 
 
 class CDToolsArm(Arm):
@@ -39,21 +39,15 @@ class CDToolsArm(Arm):
         return "CDTools"
 
     def reconstruct(self, ds, ctx, *, artifact=None, start=None, snapshots=None):
-        from ptychobench.peers import CDToolsConfig, cdtools_reconstruct
+        from ptychobench.peers import cdtools_reconstruct
 
-        s = self.settings.model_dump(exclude={"halves", "test_only"})
-        cfg = CDToolsConfig(**s, device=ctx.device, seed=ctx.solver_seed)
-        return cdtools_reconstruct(ds, cfg, arm=self.name)
+        cfg = CDToolsConfig(**self.settings.model_dump(exclude=_STUDY_ONLY))
+        return cdtools_reconstruct(ds, cfg, device=ctx.device, seed=ctx.solver_seed,
+                                   arm=self.name)
 
 
-class PMACESettings(ArmSettings):
-    """xptycho's PMACE, known probe fixed (see :class:`ptychobench.peers.PMACEConfig`)."""
-
-    iterations: int = Field(100, ge=1)
-    object_data_fit: float = Field(0.6, gt=0, le=1)
-    relaxation: float = Field(0.5, ge=0, lt=1)
-    halves: bool = Field(True, description="also reconstruct the two half-scans")
-    test_only: bool = Field(False, description="reconstruct the test split only")
+class PMACESettings(PMACEConfig, _Study):
+    """xptycho's PMACE, known probe fixed (:class:`ptychobench.peers.PMACEConfig`)."""
 
 
 class PMACEArm(Arm):
@@ -71,7 +65,7 @@ class PMACEArm(Arm):
         return self.settings.iterations
 
     def reconstruct(self, ds, ctx, *, artifact=None, start=None, snapshots=None):
-        from ptychobench.peers import PMACEConfig, pmace_reconstruct
+        from ptychobench.peers import pmace_reconstruct
 
-        s = self.settings.model_dump(exclude={"halves", "test_only"})
-        return pmace_reconstruct(ds, PMACEConfig(**s, device=ctx.device), arm=self.name)
+        cfg = PMACEConfig(**self.settings.model_dump(exclude=_STUDY_ONLY))
+        return pmace_reconstruct(ds, cfg, device=ctx.device, arm=self.name)
