@@ -518,7 +518,7 @@ def test_refine_writes_a_ttr_reconstruction_and_refuses_bad_settings(
     assert "scan loss" in r.stdout
     rec = read_reconstruction(out)
     assert rec.metadata["arm"] == "PtychoPINN+TTR" and rec.metadata["epochs"] == 1
-    for option, value in (("--epochs", "0"), ("--phase-sync", "-1"), ("--lr", "-1")):
+    for option, value in (("--epochs", "-1"), ("--phase-sync", "-1"), ("--lr", "-1")):
         bad = tmp_path / f"bad{option}.npz"
         r = invoke("refine", tiny_bundle, small_dataset, "--out", bad, option, value)
         assert r.exit_code == 2, (option, r.output)
