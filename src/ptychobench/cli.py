@@ -81,10 +81,15 @@ def _one_line(exc: BaseException) -> str:
 
 def _run(fn, *args, **kwargs):
     """Call ``fn``; turn expected failures into one line on stderr and exit code 2."""
+    from ptychobench.study.stop import Stopped
+
     try:
         return fn(*args, **kwargs)
     except typer.Exit:
         raise
+    except Stopped as exc:  # SIGTERM / SIGINT: the run has cleaned up; say how to go on
+        typer.echo(f"error: {getattr(exc, 'detail', exc)}", err=True)
+        raise typer.Exit(code=exc.exit_code) from None
     except (ValueError, OSError, KeyError, CLIError) as exc:
         if _STATE["debug"]:
             raise
@@ -1059,7 +1064,7 @@ def study_run(
             _print_plan(design, run_dir, parse_only(only))
             return
         if post_verify_only:
-            rep = verify_study(run_dir)
+            rep = verify_study(run_dir, record=True)
             _print_verify(run_dir, rep)
             return
         res = run_study(
@@ -1127,7 +1132,7 @@ def _print_verdict(run_dir: Path, repeats: int) -> None:
         typer.echo(f"verdict: {line}")
 
 
-def _print_verify(run_dir: Path, rep: dict) -> None:
+def _print_verify(run_dir: Path, rep: dict, written: bool = True) -> None:
     typer.echo(
         f"{run_dir}: verification {'passed' if rep['all_valid'] else 'FAILED'}: "
         f"{rep['n_valid']}/{rep['n_checks']} checks valid"
@@ -1135,7 +1140,8 @@ def _print_verify(run_dir: Path, rep: dict) -> None:
     if not rep["all_valid"]:
         from ptychobench.study.verify import failure_lines
 
-        for line in failure_lines(run_dir, rep):
+        shown = 3 if written else rep["n_invalid"]  # nothing on disk to point to
+        for line in failure_lines(run_dir, rep, shown=shown, written=written):
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(code=1)
 
@@ -1170,7 +1176,7 @@ def study_verify(
     def go():
         from ptychobench.study.run import verify_study
 
-        _print_verify(run_dir, verify_study(run_dir))
+        _print_verify(run_dir, verify_study(run_dir), written=False)
 
     _run(go)
 

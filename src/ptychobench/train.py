@@ -599,17 +599,10 @@ def _barrier(dist: _Dist) -> None:
 
 
 def _save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    from ptychobench.data.io import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

@@ -35,6 +35,7 @@ removed and the final name is untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import logging
@@ -60,6 +61,9 @@ __all__ = [
     "add_parent",
     "atomic_open",
     "atomic_path",
+    "WriteFailed",
+    "as_write_failure",
+    "write_failures",
     "dataset_bytes_npz",
     "load",
     "read_cxi",
@@ -101,6 +105,43 @@ _KNOWN_IGNORED = {"xcoords_start", "ycoords_start", "scan_index"}
 # --------------------------------------------------------------------------------------------
 
 
+#: The errors of a storage that cannot take the write: a full disk or quota, a file-size limit,
+#: a failing device. A job that meets one fails with :class:`WriteFailed`'s one line.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+class WriteFailed(OSError):
+    """A write the storage refused: ``"no space left on device while writing PATH"``."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror} while writing {self.filename}"
+
+
+def as_write_failure(exc: BaseException, path: str | os.PathLike[str] | None = None):
+    """``exc`` as a :class:`WriteFailed` naming ``path`` (default: the file ``exc`` names) when
+    it is a storage error (:data:`WRITE_ERRNOS`); ``None`` otherwise."""
+    if isinstance(exc, WriteFailed):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in WRITE_ERRNOS:
+        return None
+    what = (exc.strerror or os.strerror(exc.errno)).rstrip(".")
+    where = path if path is not None else (exc.filename or "a file")
+    return WriteFailed(exc.errno, what[:1].lower() + what[1:], str(where))
+
+
+@contextlib.contextmanager
+def write_failures(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a storage error (:data:`WRITE_ERRNOS`) raised in the block into :class:`WriteFailed`
+    naming ``path``, the file the user will look for."""
+    try:
+        yield
+    except OSError as exc:
+        failure = as_write_failure(exc, path)
+        if failure is None or failure is exc:
+            raise
+        raise failure from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; publish it as ``path`` if the block succeeds.
@@ -127,14 +168,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     ) as fh:
         tmp = Path(fh.name)
     try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, final)
+        with write_failures(final):
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                # a full disk may only show here (delayed allocation, network filesystems)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

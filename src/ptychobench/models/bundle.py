@@ -112,7 +112,9 @@ def _short(digest: str) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    from ptychobench.data.io import write_failures
+
+    with write_failures(path), open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

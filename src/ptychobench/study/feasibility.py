@@ -182,13 +182,15 @@ def _scan(design: StudyDesign, repeat: int, probe: np.ndarray, shape) -> np.ndar
         coords = scan_positions(sim, probe, shape)
     except ValueError as exc:
         raise DesignError(
-            f"simulation: the {sim.scan} scan does not fit the {shape[0]}×{shape[1]} object "
-            f"with N = {sim.N}: {_first_line(exc)}"
+            f"simulation.object_size: the {sim.scan} scan does not fit the {shape[0]}×"
+            f"{shape[1]} object with N = {sim.N}: {_first_line(exc)}; use a larger object, a "
+            "smaller simulation.N or another step"
         ) from None
     if coords.shape[0] < 2:
         raise DesignError(
-            f"simulation: the scan has {coords.shape[0]} position(s) on the {shape[0]}×"
-            f"{shape[1]} object with N = {sim.N}; a split needs at least 2"
+            f"simulation.object_size: the scan has {coords.shape[0]} position(s) on the "
+            f"{shape[0]}×{shape[1]} object with N = {sim.N}; a split needs at least 2 (a larger "
+            "object, a smaller step or more overlap)"
         )
     return coords
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ptychobench.data.io import sha256_file
+from ptychobench.data.io import atomic_open, sha256_file
 from ptychobench.study.design import StudyDesign, dose_dir
 
 __all__ = [
@@ -128,11 +128,30 @@ def job_prefix(arm) -> str:
 def planned_arms(design: StudyDesign) -> dict[str, Any]:
     """The arms this design runs: every listed arm and the references; an arm that needs the
     true object only where there is one to give (never in experimental mode)."""
-    return {
+    arms = {
         n: a
         for n, a in design.arm_objects().items()
         if not (a.needs.truth_object and design.experimental and a.role != "floor")
     }
+    return _starts_first(arms)
+
+
+def _starts_first(arms: dict[str, Any]) -> dict[str, Any]:
+    """``arms`` in their listed order, except that an arm's start comes before it (a design may
+    list ``PtychoPINN+LSQML`` before ``PtychoPINN``; found by the design property test)."""
+    out: dict[str, Any] = {}
+
+    def add(name: str, seen: tuple[str, ...] = ()) -> None:
+        if name in out or name in seen or name not in arms:
+            return
+        start = arms[name].start
+        if start:
+            add(start, (*seen, name))
+        out[name] = arms[name]
+
+    for name in arms:
+        add(name)
+    return out
 
 
 def plan(design: StudyDesign) -> list[Job]:
@@ -374,7 +393,8 @@ def staging_dir(run_dir: Path, job: Job, key: str) -> Path:
     if stage.exists() and (not stamp.exists() or stamp.read_text() != key):
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key)
+    with atomic_open(stamp, "w") as fh:
+        fh.write(key)
     return stage
 
 
@@ -555,7 +575,6 @@ def _run_recon(job: Job, design: StudyDesign, run_dir: Path, stage: Path, progre
     import numpy as np
 
     from ptychobench.arms import Snapshots
-    from ptychobench.data.io import atomic_open
     from ptychobench.data.recon import write_reconstruction
 
     arm = design.arm_objects()[job.arm]
@@ -836,7 +855,8 @@ def _write_curves(out: Path, rows: list, scores: dict[str, tuple[float, float]])
     for name, e, sec, key in rows:
         amp, ph = scores.get(key, (float("nan"), float("nan")))
         lines.append(f"{name},{e},{sec!r},{amp!r},{ph!r}")
-    (out / CURVE_CSV).write_text("\n".join(lines) + "\n")
+    with atomic_open(out / CURVE_CSV, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 BODIES: dict[str, Callable[..., None]] = {

@@ -30,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ptychobench.arms.registry import describe
-from ptychobench.data.io import atomic_open
+from ptychobench.data.io import WriteFailed, as_write_failure, atomic_open
 from ptychobench.study.design import StudyDesign, design_from_dict
 from ptychobench.study.feasibility import check_design
 from ptychobench.study.feasibility import summary as feasibility_summary
@@ -53,6 +54,8 @@ from ptychobench.study.jobs import (
     plan,
     planned_arms,
 )
+from ptychobench.study.lock import LOCK, run_lock
+from ptychobench.study.stop import Stopped, stop_on_signals
 
 __all__ = [
     "StudyError",
@@ -166,17 +169,50 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     p = run_dir / MANIFEST
     if not p.exists():
         return {}
+    # Our own writes are atomic, so a torn or odd manifest was cut short by another tool or
+    # edited by hand. It is the only record of which outputs are proven (their hashes and keys):
+    # nothing in it is trusted past what can be checked, and what cannot be is refused.
+    what_to_do = ("it is this run's record of which outputs are proven; restore it, or use "
+                  "--clobber to archive the run and start over")
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = "empty" if not p.stat().st_size else f"torn or not JSON: {exc}"
+        raise StudyError(f"{p}: {why}; {what_to_do}") from None
+    if not isinstance(doc, dict):
         raise StudyError(
-            f"{p}: not a readable manifest ({exc}); move it away or use --clobber"
-        ) from None
+            f"{p}: expected a JSON object, found {type(doc).__name__}; {what_to_do}"
+        )
     if doc.get("format") != MANIFEST_FORMAT:
         raise StudyError(
-            f"{p}: key 'format': expected {MANIFEST_FORMAT!r}, found {doc.get('format')!r}"
+            f"{p}: key 'format': expected {MANIFEST_FORMAT!r}, found {doc.get('format')!r}; "
+            f"{what_to_do}"
         )
+    for key, kind in (("jobs", dict), ("runs", list), ("planned", list)):
+        if key in doc and not isinstance(doc[key], kind):
+            raise StudyError(
+                f"{p}: key {key!r}: expected a JSON {'object' if kind is dict else 'array'}, "
+                f"found {type(doc[key]).__name__}; {what_to_do}"
+            )
     return doc
+
+
+def _drop_untrusted(manifest: dict[str, Any], jobs: list[Job]) -> None:
+    """Job records this design cannot use are set aside with a warning, never used silently:
+    a record that is not an object (dropped: the job re-runs) and ids not in the plan (kept for
+    a later design that plans them again, e.g. an arm switched off and on, but ignored)."""
+    records = manifest.get("jobs", {})
+    bad = [jid for jid, rec in records.items() if not isinstance(rec, dict)]
+    for jid in bad:
+        del records[jid]
+    if bad:
+        log.warning("%s: %d job record(s) are not JSON objects and are dropped (those jobs "
+                    "re-run): %s", MANIFEST, len(bad), ", ".join(bad[:5]))
+    planned = {j.id for j in jobs}
+    unknown = [jid for jid in records if jid not in planned]
+    if unknown:
+        log.warning("%s: %d job record(s) name jobs this design does not plan and are ignored: "
+                    "%s", MANIFEST, len(unknown), ", ".join(sorted(unknown)[:5]))
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -373,6 +409,7 @@ def run_one(
     earlier run. A job whose dependency did not succeed is ``blocked``.
     """
     record = _new_record(job)
+    prior = prior if isinstance(prior, dict) else None
     bad = [
         d for d in job.deps if d not in job.soft and deps.get(d, {}).get("status") != "success"
     ]
@@ -387,7 +424,9 @@ def run_one(
         and prior.get("key") == key
         and _outputs_intact(run_dir, job, prior)
     ):
-        return {**prior, "skipped": True}
+        # what the job is comes from the plan, not from the (possibly hand-edited) record
+        identity = {k: record[k] for k in ("kind", *job.params(), "deps", "log")}
+        return {**prior, **identity, "skipped": True}
     import torch
 
     threads = design.num_threads
@@ -402,15 +441,21 @@ def run_one(
         try:
             execute(job, design, run_dir, key)
             record["status"] = "success"
-        except KeyboardInterrupt:
-            log.error("%s: interrupted", job.id)
+        except (KeyboardInterrupt, Stopped) as exc:
+            # abandoned, not failed: no record is written, and a resume starts this job afresh
+            log.error("%s: %s; its staging is removed", job.id, exc or "interrupted")
+            shutil.rmtree(run_dir / STAGING / job.id, ignore_errors=True)
             raise
-        except JobFailed as exc:
+        except (JobFailed, WriteFailed) as exc:
             record.update(status="failed", error=str(exc))
             log.error("%s: %s", job.id, exc)
         except Exception as exc:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            log.error("%s failed:\n%s", job.id, traceback.format_exc())
+            if (failure := as_write_failure(exc)) is not None:  # a full disk, in a library's write
+                record.update(status="failed", error=str(failure))
+                log.error("%s: %s", job.id, failure)
+            else:
+                record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                log.error("%s failed:\n%s", job.id, traceback.format_exc())
         finally:
             if threads:
                 torch.set_num_threads(prev_threads)
@@ -465,7 +510,9 @@ def _final(job: Job, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             record["status"] = "success"
         except Exception as exc:
             paths = []
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            failure = as_write_failure(exc)
+            error = str(failure) if failure is not None else f"{type(exc).__name__}: {exc}"
+            record.update(status="failed", error=error)
             log.error("%s failed:\n%s", job.id, traceback.format_exc())
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record["peak_rss_mb"] = _peak_rss_mb()
@@ -573,7 +620,7 @@ class _Listener(logging.Handler):
 
 def _archive(run_dir: Path) -> Path | None:
     """Move everything in ``run_dir`` (but earlier archives) to ``archive/<UTC time>/``."""
-    items = [p for p in run_dir.iterdir() if p.name != "archive"]
+    items = [p for p in run_dir.iterdir() if p.name not in ("archive", LOCK)]
     if not items:
         return None
     dest = run_dir / "archive" / _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -619,11 +666,8 @@ def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool
             f"{run_dir}: holds a different study (its manifest's design differs from this one): "
             "outputs would be stale; use --clobber to archive them, or another --out"
         )
-    elif not manifest and any(p.name not in ("archive",) for p in run_dir.iterdir()):
-        raise StudyError(
-            f"{run_dir}: exists, is not empty and has no {MANIFEST}; use --clobber to archive its "
-            "contents, or another --out"
-        )
+    elif not manifest:
+        _refuse_foreign(run_dir)
     with atomic_open(run_dir / "study.toml", "w") as fh:
         fh.write(design_text)
     jobs = plan(design)
@@ -639,6 +683,7 @@ def _prepare(run_dir: Path, design: StudyDesign, design_text: str, clobber: bool
     )
     manifest.setdefault("jobs", {})
     manifest.setdefault("runs", [])
+    _drop_untrusted(manifest, jobs)
     return manifest
 
 
@@ -742,6 +787,18 @@ def _dask(
             cluster.close()
 
 
+def _refuse_foreign(run_dir: Path) -> None:
+    """Refuse a directory that holds files but no study (checked before the lock is taken, so a
+    refused directory gets no ``.lock``, and again under it)."""
+    if run_dir.is_dir() and not (run_dir / MANIFEST).exists() and any(
+        p.name not in ("archive", LOCK) for p in run_dir.iterdir()
+    ):
+        raise StudyError(
+            f"{run_dir}: exists, is not empty and has no {MANIFEST}; use --clobber to archive its "
+            "contents, or another --out"
+        )
+
+
 def run_study(
     design: StudyDesign,
     run_dir: str | os.PathLike[str],
@@ -783,6 +840,15 @@ def run_study(
     feasible = check_design(design)  # so does a design its object, probe or scan cannot hold
     for warning in feasible.warnings:
         log.warning("%s", warning)
+    if not clobber:
+        _refuse_foreign(run)
+    with run_lock(run, "study run"):
+        return _run_locked(design, run, design_text, executor, scheduler, workers, only,
+                           clobber, progress, feasible, jobs)
+
+
+def _run_locked(design, run, design_text, executor, scheduler, workers, only, clobber, progress,
+                feasible, jobs) -> StudyResult:
     manifest = _prepare(run, design, design_text, clobber)
     manifest["plan_check"] = feasibility_summary(feasible)
     result = StudyResult(run_dir=run)
@@ -800,19 +866,16 @@ def run_study(
     )
     display = _Display(len(jobs), mode)
     try:
-        if executor == "local":
-            _local(jobs, design, run, manifest, display, result)
-        else:
-            _dask(jobs, design, run, manifest, display, result, scheduler, workers)
-        for job in jobs:
-            if not job.final:
-                continue
-            display.start(job.id)
-            rec = _final(job, run, manifest)
-            manifest["jobs"][job.id] = rec
-            write_manifest(run, manifest)
-            _store(result, job, rec)
-            display.finish(job.id, rec, final=True)
+        with stop_on_signals():
+            _execute_all(jobs, design, run, manifest, display, result, executor, scheduler,
+                         workers)
+    except Stopped as exc:
+        this_run["stopped_by"] = signal.Signals(exc.signum).name
+        exc.detail = (
+            f"{run}: {exc} after {len(result.ran)} jobs ran ({len(result.skipped)} up to date); "
+            "the job in flight was abandoned; run the same command to resume"
+        )
+        raise
     finally:
         display.close()
         this_run.update(
@@ -827,6 +890,23 @@ def run_study(
     return result
 
 
+def _execute_all(jobs, design, run, manifest, display, result, executor, scheduler, workers):
+    """The computing jobs (locally or on Dask), then the closing jobs on the driver."""
+    if executor == "local":
+        _local(jobs, design, run, manifest, display, result)
+    else:
+        _dask(jobs, design, run, manifest, display, result, scheduler, workers)
+    for job in jobs:
+        if not job.final:
+            continue
+        display.start(job.id)
+        rec = _final(job, run, manifest)
+        manifest["jobs"][job.id] = rec
+        write_manifest(run, manifest)
+        _store(result, job, rec)
+        display.finish(job.id, rec, final=True)
+
+
 def _existing(run_dir: str | os.PathLike[str]) -> tuple[Path, dict]:
     run = Path(run_dir)
     manifest = read_manifest(run) if run.is_dir() else {}
@@ -837,7 +917,13 @@ def _existing(run_dir: str | os.PathLike[str]) -> tuple[Path, dict]:
 
 def report_study(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Re-aggregate the finished comparisons and rewrite the report (no recomputation)."""
-    run, manifest = _existing(run_dir)
+    run, _ = _existing(run_dir)
+    with run_lock(run, "study report"):
+        _, manifest = _existing(run)  # read again: a writer may have finished meanwhile
+        return _report_locked(run, manifest)
+
+
+def _report_locked(run: Path, manifest: dict) -> list[Path]:
     from ptychobench.study import verify
 
     out = []
@@ -853,11 +939,26 @@ def report_study(run_dir: str | os.PathLike[str]) -> list[Path]:
     return out
 
 
-def verify_study(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Re-check a finished run against its inventory; returns the verification report."""
+def verify_study(run_dir: str | os.PathLike[str], *, record: bool = False) -> dict[str, Any]:
+    """Re-check a finished run against its inventory; returns the verification report.
+
+    ``record=False`` (``study verify``): read-only and lock-free, nothing in the run changes.
+    ``record=True`` (``study run --post-verify-only``): under the run's lock, writes
+    ``analysis/verification_report.json`` and the manifest's ``verify`` record.
+    """
     from ptychobench.study import verify
 
-    run, manifest = _existing(run_dir)
+    run, _ = _existing(run_dir)
+    if not record:
+        return verify.verify(run, write=False)
+    with run_lock(run, "study run --post-verify-only"):
+        return _verify_locked(run)
+
+
+def _verify_locked(run: Path) -> dict[str, Any]:
+    from ptychobench.study import verify
+
+    _, manifest = _existing(run)
     t0 = time.perf_counter()
     rep = verify.verify(run)
     rec = manifest["jobs"].get("verify", {})

@@ -801,8 +801,8 @@ _CHECKS: tuple[tuple[str, Callable[[Path], Check]], ...] = (
 )
 
 
-def verify(run_dir: Path) -> dict:
-    """Run every check on ``run_dir`` and write ``analysis/verification_report.json``.
+def verify(run_dir: Path, *, write: bool = True) -> dict:
+    """Run every check on ``run_dir`` and (``write``) write ``analysis/verification_report.json``.
 
     Parameters
     ----------
@@ -833,21 +833,29 @@ def verify(run_dir: Path) -> dict:
         "n_invalid": len(checks) - n_valid,
         "checks": checks,
     }
+    if not write:
+        return report
     with atomic_open(run_dir / REPORT, "w") as fh:
         json.dump(report, fh, indent=2, sort_keys=True)
         fh.write("\n")
     return report
 
 
-def failure_lines(run_dir: Path, report: dict, shown: int = 3, limit: int = 300) -> list[str]:
+def failure_lines(run_dir: Path, report: dict, shown: int = 3, limit: int = 300,
+                  written: bool = True) -> list[str]:
     """A failed verification in a few lines (each ≤ ``limit`` characters): how many checks are
-    invalid, the first ``shown`` with the first line of their detail, and where the rest is."""
+    invalid, the first ``shown`` with the first line of their detail, and where the rest is
+    (``written``: the report file; else the command that writes it)."""
     bad = [c for c in report["checks"] if not c["valid"]]
     lines = [f"{len(bad)} of {report['n_checks']} checks invalid"]
     for c in bad[:shown]:
         detail = (str(c["detail"]).strip().splitlines() or [""])[0]
         lines.append(f"{c['name']}: {detail}")
     rest = f"and {len(bad) - shown} more; " if len(bad) > shown else ""
-    lines.append(f"{rest}every check's detail: {Path(run_dir) / REPORT}")
+    if written:
+        lines.append(f"{rest}every check's detail: {Path(run_dir) / REPORT}")
+    elif rest:
+        lines.append(f"{rest}every check's detail: ptychobench study run --post-verify-only "
+                     f"--out {run_dir} (writes {Path(run_dir) / REPORT})")
     return [ln if len(ln) <= limit else ln[: limit - 1] + "…" for ln in lines]
 
