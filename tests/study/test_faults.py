@@ -389,3 +389,43 @@ def test_signal_stops_cleanly_and_a_resume_is_identical(sig, toml, reference, tm
     assert holder(run) == {}
     man = _resume_matches(run, reference)
     assert man["runs"][1]["n_skipped"] > 0
+
+
+def test_dask_sigterm_cancels_its_jobs_and_a_resume_is_identical(toml, reference, tmp_path):
+    pytest.importorskip("distributed")
+    run = tmp_path / "run"
+    job = "train_pinn.dose_10000.dense"
+    p = _cli("study", "run", str(toml), "--out", str(run), "--no-progress", "--executor", "dask",
+             "--workers", "1")
+    assert _wait_for(lambda: list((run / ".staging" / job).rglob("checkpoint.pt")), p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"error: {run}: stopped by SIGTERM after ")
+    # the worker is gone and the job it was running left nothing behind
+    assert not (run / ".staging" / job).exists()
+    assert not _tmp_files(run)
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["runs"][0]["stopped_by"] == "SIGTERM" and job not in man["jobs"]
+    assert holder(run) == {}
+    man = _resume_matches(run, reference)
+    assert man["runs"][1]["n_skipped"] > 0
+
+
+def test_a_remote_job_writes_only_its_staging_and_the_driver_publishes(reference, tmp_path):
+    from ptychobench.study.jobs import STAGING, plan
+    from ptychobench.study.run import _adopt, run_one
+
+    design = _design()
+    sim = next(j for j in plan(design) if j.kind == "simulate")
+    run = tmp_path / "run"
+    run.mkdir()
+    rec = run_one(sim, design, run, None, {}, remote=True)
+    assert rec["status"] == "success" and rec["staged"] is True and rec["outputs"] == {}
+    written = {p.relative_to(run).parts[0] for p in run.rglob("*") if p.is_file()}
+    assert written <= {STAGING, "logs"}, written  # nothing published by the worker
+    assert not any((run / o).exists() for o in sim.outputs)
+    rec = _adopt(run, sim, rec)
+    assert "staged" not in rec and not (run / STAGING / sim.id).exists()
+    ref = json.loads((reference / "manifest.json").read_text())["jobs"][sim.id]["outputs"]
+    assert rec["outputs"] == ref  # the same bytes as the local executor's

@@ -871,13 +871,25 @@ BODIES: dict[str, Callable[..., None]] = {
 }
 
 
-def execute(job: Job, design: StudyDesign, run_dir: Path, key: str, progress=None) -> None:
-    """Run one computing job: stage, compute, publish (also when it raises :class:`JobFailed`)."""
+def execute(
+    job: Job, design: StudyDesign, run_dir: Path, key: str, progress=None, *, publish_outputs=True
+) -> None:
+    """Run one computing job: stage, compute, publish (also when it raises :class:`JobFailed`).
+
+    ``publish_outputs=False`` (a Dask worker) leaves the outputs in the job's staging directory,
+    for the driver -- the run directory's one writer -- to publish.
+    """
     stage = staging_dir(run_dir, job, key)
     try:
         BODIES[job.kind](job, design, run_dir, stage, progress)
     except JobFailed:
-        if all((stage / rel).exists() for rel in job.outputs):
+        if publish_outputs and staged_complete(stage, job):
             publish(run_dir, stage, job)
         raise
-    publish(run_dir, stage, job)
+    if publish_outputs:
+        publish(run_dir, stage, job)
+
+
+def staged_complete(stage: Path, job: Job) -> bool:
+    """Whether every output of ``job`` is present in its staging directory."""
+    return all((stage / rel).exists() for rel in job.outputs)

@@ -53,6 +53,8 @@ from ptychobench.study.jobs import (
     output_hashes,
     plan,
     planned_arms,
+    publish,
+    staged_complete,
 )
 from ptychobench.study.lock import LOCK, run_lock
 from ptychobench.study.stop import Stopped, stop_on_signals
@@ -402,11 +404,15 @@ def run_one(
     prior: dict[str, Any] | None,
     deps: dict[str, dict[str, Any]],
     listener: logging.Handler | None = None,
+    *,
+    remote: bool = False,
 ) -> dict[str, Any]:
     """Run (or skip) one computing job and return its manifest record.
 
     ``deps`` are the records of the job's dependencies; ``prior`` the job's record from an
-    earlier run. A job whose dependency did not succeed is ``blocked``.
+    earlier run. A job whose dependency did not succeed is ``blocked``. ``remote`` (a Dask
+    worker): the outputs stay in the job's staging directory and the record says, under
+    ``"staged"``, whether the driver is to publish them (:func:`_adopt`).
     """
     record = _new_record(job)
     prior = prior if isinstance(prior, dict) else None
@@ -436,11 +442,13 @@ def run_one(
     _reset_peak_rss()
     _reset_peak_gpu()
     t0 = time.perf_counter()
+    publishable = False
     with _job_log(run_dir / job.log, listener):
         log.info("%s: start (key %s)", job.id, key[:12])
         try:
-            execute(job, design, run_dir, key)
+            execute(job, design, run_dir, key, publish_outputs=not remote)
             record["status"] = "success"
+            publishable = True
         except (KeyboardInterrupt, Stopped) as exc:
             # abandoned, not failed: no record is written, and a resume starts this job afresh
             log.error("%s: %s; its staging is removed", job.id, exc or "interrupted")
@@ -449,6 +457,7 @@ def run_one(
         except (JobFailed, WriteFailed) as exc:
             record.update(status="failed", error=str(exc))
             log.error("%s: %s", job.id, exc)
+            publishable = isinstance(exc, JobFailed)
         except Exception as exc:
             if (failure := as_write_failure(exc)) is not None:  # a full disk, in a library's write
                 record.update(status="failed", error=str(failure))
@@ -463,19 +472,39 @@ def run_one(
         record["peak_rss_mb"] = _peak_rss_mb()
         record["peak_gpu_mb"] = _peak_gpu_mb()
         log.info("%s: %s in %.1f s", job.id, record["status"], record["seconds"])
-    if record["status"] == "success" or all((run_dir / o).exists() for o in job.outputs):
+    if remote:
+        record["staged"] = publishable and staged_complete(run_dir / STAGING / job.id, job)
+        if record["status"] == "success" and not record["staged"]:
+            record.update(status="failed", error=f"{job.id}: an expected output was not produced")
+    elif record["status"] == "success" or all((run_dir / o).exists() for o in job.outputs):
         record["outputs"] = output_hashes(run_dir, job)
     record["finished_at"] = _now()
     return record
 
 
 def _run_remote(
-    job: Job, design_doc: dict[str, Any], run_dir: str, prior: dict | None, *dep_records: dict
+    job: Job, design_doc: dict[str, Any], run_dir: str, prior: dict | None, deps: dict
 ) -> dict[str, Any]:
-    """Dask task: the same :func:`run_one`, with dependency records arriving as futures."""
+    """Dask task: the same :func:`run_one`, writing only inside the job's staging directory.
+
+    ``deps`` are the dependencies' records as the driver published them: a job is submitted
+    only once every dependency it reads is in the run directory.
+    """
     design = design_from_dict(design_doc)
-    deps = dict(zip(job.deps, dep_records, strict=True))
-    return run_one(job, design, Path(run_dir), prior, deps)
+    return run_one(job, design, Path(run_dir), prior, deps, remote=True)
+
+
+def _adopt(run_dir: Path, job: Job, record: dict[str, Any]) -> dict[str, Any]:
+    """On the driver: publish what a worker staged and hash it into the job's record."""
+    if not record.pop("staged", False):
+        return record
+    try:
+        publish(run_dir, run_dir / STAGING / job.id, job)
+        record["outputs"] = output_hashes(run_dir, job)
+    except (JobFailed, OSError) as exc:
+        failure = as_write_failure(exc) if isinstance(exc, OSError) else exc
+        record.update(status="failed", error=str(failure or exc), outputs={})
+    return record
 
 
 # ----------------------------------------------------------------------------------------------
@@ -753,38 +782,71 @@ def _dask(
             resources={"GPU": 1} if cuda else None,
         )
         client = Client(cluster)
+    abandoned: list[str] = []
     try:
-        doc = design.document()
-        futures: dict[str, Any] = {}
-        by_future = {}
-        for job in jobs:
-            if job.final:
-                continue
+        _dask_schedule(client, jobs, design, run_dir, manifest, display, result, cuda,
+                       as_completed, abandoned)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        # after the workers are gone, so that none writes into a directory being removed
+        for job_id in abandoned:
+            shutil.rmtree(run_dir / STAGING / job_id, ignore_errors=True)
+
+
+def _dask_schedule(client, jobs, design, run_dir, manifest, display, result, cuda, as_completed,
+                   abandoned: list[str]) -> None:
+    """Submit each job once the dependencies it reads are published; publish what returns.
+
+    On a stop (a signal) every job not yet adopted is cancelled and its id appended to
+    ``abandoned`` (its staging is removed once the workers are closed); then the stop goes on.
+    """
+    doc = design.document()
+    todo = [j for j in jobs if not j.final]
+    ids = {j.id for j in todo}
+    finished: set[str] = set()
+    live: dict[str, tuple[Job, Any]] = {}
+    ac = as_completed()
+
+    def launch() -> None:
+        for job in [j for j in todo if all(d not in ids or d in finished for d in j.deps)]:
+            todo.remove(job)
             kw = {"resources": {"GPU": 1}} if (cuda and job.gpu) else {}
+            deps = {d: manifest["jobs"].get(d, {}) for d in job.deps}
             fut = client.submit(
                 _run_remote,
                 job,
                 doc,
                 str(run_dir),
                 manifest["jobs"].get(job.id),
-                *[futures[d] for d in job.deps],
+                deps,
                 key=f"ptychobench-{job.id}-{manifest['design_sha256'][:8]}",
                 pure=False,
                 **kw,
             )
-            futures[job.id] = fut
-            by_future[fut.key] = job
-        for fut in as_completed(list(futures.values())):
-            job = by_future[fut.key]
-            rec = fut.result()
+            live[fut.key] = (job, fut)
+            ac.add(fut)
+            display.start(job.id)
+
+    try:
+        launch()
+        for fut in ac:
+            job, _ = live[fut.key]
+            rec = _adopt(run_dir, job, fut.result())
+            del live[fut.key]
             manifest["jobs"][job.id] = {k: v for k, v in rec.items() if k != "skipped"}
             write_manifest(run_dir, manifest)
+            finished.add(job.id)
             _store(result, job, rec)
             display.finish(job.id, rec)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+            launch()
+    except BaseException:
+        client.cancel([f for _, f in live.values()], force=True)
+        abandoned.extend(job.id for job, _ in live.values())
+        raise
+    if todo:  # pragma: no cover - the plan is a DAG
+        raise StudyError(f"jobs never became ready: {', '.join(j.id for j in todo)}")
 
 
 def _refuse_foreign(run_dir: Path) -> None:
