@@ -14,13 +14,12 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
+from studycli import cli, run_to_end
 
 from ptychobench.study.design import design_from_dict
 from ptychobench.study.lock import LOCK, RunLocked, holder, run_lock
@@ -56,14 +55,7 @@ def _design():
     return design_from_dict(tomllib.loads(FAULTS), source="faults")
 
 
-def _cli(*args, **kw):
-    return subprocess.Popen(
-        [sys.executable, "-m", "ptychobench.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
+_cli = cli
 
 
 def _files(run: Path) -> dict[str, bytes]:
@@ -99,11 +91,7 @@ def toml(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(toml, tmp_path_factory):
     """One lone, uninterrupted run through the CLI: the bytes every other case must reproduce."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    p = _cli("study", "run", str(toml), "--out", str(out), "--no-progress")
-    _, err = p.communicate(timeout=900)
-    assert p.returncode == 0, err[-3000:]
-    return out
+    return run_to_end(toml, tmp_path_factory.mktemp("ref") / "run")
 
 
 def _resume_matches(run: Path, reference: Path) -> dict:

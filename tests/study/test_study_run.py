@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from studycli import cli, run_to_end
 
 from ptychobench.study.design import design_from_dict, load_preset
 from ptychobench.study.jobs import job_key, plan
@@ -69,15 +68,7 @@ def _design():
     return design_from_dict(tomllib.loads(TINY), source="tiny")
 
 
-def _cli(*args, cwd=None, **kw):
-    return subprocess.Popen(
-        [sys.executable, "-m", "ptychobench.cli", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
+_cli = cli
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +81,7 @@ def tiny_toml(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(tiny_toml, tmp_path_factory):
     """One uninterrupted run through the CLI."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    p = _cli("study", "run", str(tiny_toml), "--out", str(out), "--no-progress")
-    stdout, stderr = p.communicate(timeout=900)
-    assert p.returncode == 0, stderr[-3000:]
-    return out
+    return run_to_end(tiny_toml, tmp_path_factory.mktemp("ref") / "run")
 
 
 # --------------------------------------------------------------------------------- unit parts
