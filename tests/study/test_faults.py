@@ -411,9 +411,10 @@ def test_a_remote_job_writes_only_its_staging_and_the_driver_publishes(reference
     rec = run_one(sim, design, run, None, {}, remote=True)
     assert rec["status"] == "success" and rec["staged"] is True and rec["outputs"] == {}
     written = {p.relative_to(run).parts[0] for p in run.rglob("*") if p.is_file()}
-    assert written <= {STAGING, "logs"}, written  # nothing published by the worker
+    assert written == {STAGING}, written  # nothing outside the job's staging, its log included
     assert not any((run / o).exists() for o in sim.outputs)
     rec = _adopt(run, sim, rec)
     assert "staged" not in rec and not (run / STAGING / sim.id).exists()
+    assert f"{sim.id}: success" in (run / sim.log).read_text()  # the driver moved the log
     ref = json.loads((reference / "manifest.json").read_text())["jobs"][sim.id]["outputs"]
     assert rec["outputs"] == ref  # the same bytes as the local executor's

@@ -55,6 +55,7 @@ from ptychobench.study.jobs import (
     planned_arms,
     publish,
     staged_complete,
+    staging_dir,
 )
 from ptychobench.study.lock import LOCK, run_lock
 from ptychobench.study.stop import Stopped, stop_on_signals
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: a Dask job's log, inside its staging until the driver moves it to the job's ``log`` path
+REMOTE_LOG = ".job.log"
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ptychobench-study-manifest/1"
@@ -443,7 +447,9 @@ def run_one(
     _reset_peak_gpu()
     t0 = time.perf_counter()
     publishable = False
-    with _job_log(run_dir / job.log, listener):
+    # a worker writes only inside its job's staging, its log too; the driver moves it (_adopt)
+    log_path = staging_dir(run_dir, job, key) / REMOTE_LOG if remote else run_dir / job.log
+    with _job_log(log_path, listener):
         log.info("%s: start (key %s)", job.id, key[:12])
         try:
             execute(job, design, run_dir, key, publish_outputs=not remote)
@@ -496,6 +502,10 @@ def _run_remote(
 
 def _adopt(run_dir: Path, job: Job, record: dict[str, Any]) -> dict[str, Any]:
     """On the driver: publish what a worker staged and hash it into the job's record."""
+    staged_log = run_dir / STAGING / job.id / REMOTE_LOG
+    if staged_log.exists():
+        (run_dir / job.log).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged_log, run_dir / job.log)
     if not record.pop("staged", False):
         return record
     try:
