@@ -134,39 +134,47 @@ ARMS = {
     "PtyChi-ePIE": ("ptychi", {"epochs": 20}),
     "PtyChi-DM": ("ptychi", {"epochs": 50}),
 }
-# how far above the floor each arm must land on this tiny scan. DM converges slowest of all (20
-# epochs: 0.433, *below* Flat's 0.598; 50 epochs: 0.604), as on the solvers preset: it is held
-# to beating the floor, not to a margin
-MARGIN = {"CDTools": 0.1, "PMACE": 0.1, "PtyChi-ePIE": 0.1, "PtyChi-DM": 0.0}
+# the photons per pattern each arm is checked at. DM has no noise model and does not settle under
+# Poisson noise: on this scan at 1e4 its phase SSIM after 10/30/50/100 epochs was 0.711/-0.027/
+# 0.558/0.076 (Flat 0.598), and 50 epochs gave 0.604 on a CPU without AVX-512 and 0.558 on one
+# with it. At 1e6 it converges (0.965/0.960/0.977/0.981), so that is where it is held to a margin.
+DOSE = {"CDTools": 1e4, "PMACE": 1e4, "PtyChi-ePIE": 1e4, "PtyChi-DM": 1e6}
+MARGIN = 0.1  # above the floor, on this tiny scan
 
 
 @pytest.fixture(scope="module")
 def runs(sim):
     """Each arm twice: on the truth-stripped data the study hands it, and on the full file (the
-    truth and the simulator's scale inside)."""
+    truth and the simulator's scale inside); with the data it was run on."""
+    data = {1e4: sim}
     out = {}
     for name, (module, settings) in ARMS.items():
         if importlib.util.find_spec(module) is None:
             continue
+        dose = DOSE[name]
+        if dose not in data:
+            data[dose] = simulate(N=N, object="image:camera+moon", object_size=72, dose=dose,
+                                  step_px=5, seed=0, noise_seed=1)
+        ds = data[dose]
         arm = resolve(name, settings)
-        out[name] = (arm.reconstruct(_blind(sim), _ctx()), arm.reconstruct(sim, _ctx()))
+        out[name] = (ds, arm.reconstruct(_blind(ds), _ctx()), arm.reconstruct(ds, _ctx()))
     return out
 
 
 @pytest.mark.parametrize("name", list(ARMS))
-def test_each_peer_arm_beats_the_floor_deterministically_without_the_truth(name, sim, runs):
+def test_each_peer_arm_beats_the_floor_deterministically_without_the_truth(name, runs):
     pytest.importorskip(ARMS[name][0])
-    blind, full = runs[name]
+    ds, blind, full = runs[name]
     # two runs, one handed the truth: the same bytes (deterministic on CPU, and the truth and
     # the simulator's scale unused)
     assert np.array_equal(blind.reconstructed_object, full.reconstructed_object)
-    assert blind.reconstructed_object.shape == sim.frame_shape
+    assert blind.reconstructed_object.shape == ds.frame_shape
     assert blind.metadata["arm"] == name and blind.metadata["seconds"] > 0
     with tempfile.TemporaryDirectory() as tmp:
-        res = compare(sim, {name: blind}, tmp, CompareSettings())
+        res = compare(ds, {name: blind}, tmp, CompareSettings())
     got, flat = res.metrics[name]["ssim"][1], res.metrics["Flat"]["ssim"][1]
-    # found CDTools 0.76, PMACE 0.80, ePIE 0.77, DM 0.604 vs Flat 0.598
-    assert got > flat + MARGIN[name], (got, flat)
+    # found CDTools 0.76, PMACE 0.80, ePIE 0.77 vs Flat 0.598 at 1e4; DM 0.977 at 1e6
+    assert got > flat + MARGIN, (got, flat)
 
 
 def test_a_missing_extra_is_one_line_naming_the_arm(monkeypatch):
