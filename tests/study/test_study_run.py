@@ -456,11 +456,26 @@ def _float_environment() -> dict:
     }
 
 
+def _scored_margins(by_arm: dict) -> tuple[int, int]:
+    """The margin (dy, dx) px every arm's scored region loses to the largest registration shift
+    of any arm in the condition (``align.valid_margin``), from a summary's offsets."""
+    from ptychobench.evaluate.align import valid_margin
+
+    return tuple(
+        max(valid_margin(m[f"registration_offset_{ax}"]["value"]) for m in by_arm.values())
+        for ax in ("dy", "dx")
+    )
+
+
 def test_the_tiny_study_keeps_its_shape(reference_run):
     """Whatever the machine: the four files hold the same keys, arms and conditions as the
-    golden ones, and the phase scores of the constant-object floor and of pty-chi agree to 1e-6
-    (moving to a CPU without AVX-512 changed them by 0.0 while the 3-epoch networks moved by up
-    to 1e-3)."""
+    golden ones, and where the scored region is the golden one, the phase scores of the
+    constant-object floor and of pty-chi agree to 1e-5 (SSIM, MAE) and 1e-4 dB (PSNR).
+
+    Between CPUs with and without AVX-512 pty-chi's PSNR moved by 4e-6 dB and its SSIM and MAE
+    by under 1e-6, while the 3-epoch networks moved by up to 1e-3 — and one of them, registered
+    by a shift of 4.69 px instead of 5.7, gave every arm of its condition a 6 px margin instead
+    of 7 (Flat's SSIM -0.023 there). Such a condition must show that different margin."""
     out = reference_run / "analysis"
 
     def keys(x, prefix=""):
@@ -474,15 +489,18 @@ def test_the_tiny_study_keeps_its_shape(reference_run):
         assert keys(got) == keys(want), name
     got = json.loads((out / "metrics_summary.json").read_text())["by_condition"]
     want = json.loads((GOLDEN / "metrics_summary.json").read_text())["by_condition"]
-    n = 0
-    for cond, arms in want.items():  # "dose_1000/dense/test": {arm: {metric: {part: value}}}
+    assert set(got) == set(want) and len(want) == 2 * 2 * 2  # doses, views, splits
+    same = [c for c in want if _scored_margins(got[c]) == _scored_margins(want[c])]
+    assert same, "no condition was scored on the golden region"
+    for cond in same:  # "dose_1000/dense/test": {arm: {metric: {part: value}}}
         for arm in ("Flat", "PtyChi"):
             for metric in ("ssim", "mae", "psnr"):
                 g = got[cond][arm][metric]["phase"]
-                want_v = arms[arm][metric]["phase"]
-                assert g == pytest.approx(want_v, abs=1e-6), (cond, arm, metric)
-                n += 1
-    assert n == 2 * 2 * 2 * 2 * 3  # doses, views, splits, two arms, three metrics
+                want_v = want[cond][arm][metric]["phase"]
+                tol = 1e-4 if metric == "psnr" else 1e-5
+                assert g == pytest.approx(want_v, abs=tol), (cond, arm, metric)
+    for cond in set(want) - set(same):
+        assert got[cond]["Flat"]["ssim"]["phase"] != want[cond]["Flat"]["ssim"]["phase"], cond
     assert (out / "highlights.txt").read_text().count("\n") == (
         (GOLDEN / "highlights.txt").read_text().count("\n")
     )
